@@ -1,0 +1,54 @@
+"""Atomic file writes and safe checkpoint reads: nothing saved is ever half-written or overwritten by accident."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from segmodels import atomic_torch_save
+from study.errors import DataError
+
+__all__ = ["atomic_torch_save", "atomic_write_text", "write_json", "write_csv", "load_checkpoint"]
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as tmp:
+        tmp.write(text)
+    os.replace(tmp.name, path)
+    return path
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def write_csv(path: str | Path, rows: list[dict[str, Any]], columns: list[str] | tuple[str, ...]) -> Path:
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write_text(path, buffer.getvalue())
+
+
+def load_checkpoint(path: str | Path, option: str = "--checkpoint") -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` with a one-line error for a missing, truncated or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{option} {path}: no such file")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DataError(f"{option} {path}: not a readable checkpoint, truncated or corrupt? ({type(exc).__name__})") from None
+    if not isinstance(data, dict) or "model_state" not in data:
+        raise DataError(f"{option} {path}: not a segstudy checkpoint (no model_state)")
+    return data

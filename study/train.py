@@ -1,0 +1,147 @@
+"""One local trial, no Ray: ``python -m study.train --dataset pets --data-root R --model segformer ...``.
+
+Writes ``OUT/config.json``, ``OUT/metrics.csv`` (one row per validation),
+``OUT/best.pt`` (best weights by val mIoU) and ``OUT/last.pt`` (resumable state).
+An ``OUT`` that already holds a run is refused unless ``--resume`` continues it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from segmodels import SegModel, build_model
+from study.cli import OneLineParser, image_size_arg, main_guard
+from study.config import DATASETS, DEVICES, INITS, MODELS, SEGFORMER_VARIANTS, TrainConfig
+from study.data import SegDataset, build_dataset
+from study.errors import ConfigError
+from study.io import atomic_torch_save, load_checkpoint, write_csv, write_json
+from study.loop import METRIC_COLUMNS, TrainResult, ValidationEvent, seed_everything, train
+
+log = logging.getLogger(__name__)
+
+MODEL_FORMAT = "segstudy-model/1"
+# Options that may differ when resuming (where the data lives, how long to train, which device).
+RESUMABLE_CHANGES = {"data_root", "epochs", "device", "cache_dir"}
+
+
+def load_splits(cfg: TrainConfig) -> tuple[SegDataset, SegDataset]:
+    """Train and val splits of ``cfg.dataset`` (validated and cached on first use)."""
+    train_set = build_dataset(cfg.dataset, "train", cfg.data_root, cfg.image_size, cache_dir=cfg.cache_dir,
+                              download=bool(cfg.extra.get("download")))
+    val_set = build_dataset(cfg.dataset, "val", cfg.data_root, cfg.image_size, cache_dir=cfg.cache_dir)
+    return train_set, val_set
+
+
+def build_trial_model(cfg: TrainConfig, num_classes: int) -> SegModel:
+    seed_everything(cfg.seed)
+    return build_model(cfg.model, num_classes, cfg.init, cfg.pretrained, cfg.variant)
+
+
+def model_checkpoint(cfg: TrainConfig, event: ValidationEvent, class_names: tuple[str, ...]) -> dict[str, Any]:
+    """What ``best.pt`` holds: enough to rebuild and evaluate the model without the run folder."""
+    return {
+        "format": MODEL_FORMAT,
+        "config": cfg.to_dict(),
+        "class_names": list(class_names),
+        "epoch": event.row["epoch"],
+        "val_miou": event.row["val_miou"],
+        "model_state": {k: v.detach().cpu() for k, v in event.model.state_dict().items()},
+    }
+
+
+def check_out_dir(cfg: TrainConfig, out: Path, resume: bool) -> dict[str, Any] | None:
+    """Refuse to overwrite another run; on ``--resume`` return the saved resumable state."""
+    holds_run = out.is_dir() and any(out.iterdir())
+    if not resume:
+        if holds_run:
+            raise ConfigError(f"--out {out}: already holds a run; pass --resume to continue it or choose another --out")
+        return None
+    if not (out / "last.pt").is_file():
+        raise ConfigError(f"--resume: nothing to resume in {out} (no last.pt)")
+    saved = json.loads((out / "config.json").read_text())
+    current = cfg.to_dict()
+    differing = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
+    if differing:
+        key = differing[0]
+        raise ConfigError(f"--{key.replace('_', '-')}: {current[key]!r} differs from the run in {out} ({saved.get(key)!r}); "
+                          "resume with the same settings or choose another --out")
+    return load_checkpoint(out / "last.pt", option="--resume")
+
+
+def run_local(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: bool = False) -> TrainResult:
+    """Train one trial into ``out``. Everything is validated before anything is written."""
+    out = Path(out)
+    state = check_out_dir(cfg, out, resume)
+    train_set, val_set = load_splits(cfg)
+    model = build_trial_model(cfg, train_set.num_classes)
+    rows: list[dict[str, Any]] = []
+    if state is not None:
+        with open(out / "metrics.csv", newline="") as f:
+            rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= int(state["epoch"])]
+        log.info("resuming %s after epoch %d", out, state["epoch"])
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", cfg.to_dict())
+
+    def on_validation(event: ValidationEvent) -> None:
+        if event.is_best:
+            atomic_torch_save(model_checkpoint(cfg, event, train_set.class_names), out / "best.pt")
+        atomic_torch_save({"config": cfg.to_dict(), **event.checkpoint()}, out / "last.pt")
+        rows.append(event.row)
+        write_csv(out / "metrics.csv", rows, METRIC_COLUMNS)
+
+    result = train(cfg, train_set, val_set, model, on_validation=on_validation, resume=state, progress=progress)
+    log.info("best val mIoU %.4f at epoch %d; results in %s", result.best_val_miou, result.best_epoch, out)
+    return result
+
+
+def add_trial_options(parser: OneLineParser) -> None:
+    """The options that define a trial, with TrainConfig's defaults (shared with other entry points)."""
+    d = TrainConfig()
+    parser.add_argument("--dataset", choices=DATASETS, default=d.dataset)
+    parser.add_argument("--data-root", default=d.data_root, help="folder holding oxford-iiit-pet/ and/or cityscapes/")
+    parser.add_argument("--model", choices=MODELS, default=d.model)
+    parser.add_argument("--init", choices=INITS, default=d.init)
+    parser.add_argument("--pretrained", default=None,
+                        help="encoder source: a file, a Hugging Face id/folder (segformer), imagenet or coco_voc (fcn)")
+    parser.add_argument("--variant", choices=SEGFORMER_VARIANTS, default=d.variant, help="SegFormer MiT variant")
+    parser.add_argument("--epochs", type=int, default=d.epochs)
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--gamma", type=float, default=d.gamma)
+    parser.add_argument("--image-size", type=image_size_arg, default=d.image_size, help="N or HxW, e.g. 64 or 64x128")
+    parser.add_argument("--val-every", type=int, default=d.val_every)
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--device", choices=DEVICES, default=d.device)
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
+    parser.add_argument("--cache-dir", default=None, help="decoded-data cache (default $SEGSTUDY_CACHE or ~/.cache/segstudy)")
+    parser.add_argument("--download", action="store_true", help="download Oxford-IIIT Pet if missing (needs internet)")
+
+
+def config_from_args(args: Any) -> TrainConfig:
+    return TrainConfig(
+        dataset=args.dataset, data_root=args.data_root, model=args.model, init=args.init, pretrained=args.pretrained,
+        variant=args.variant, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, gamma=args.gamma,
+        image_size=args.image_size, val_every=args.val_every, seed=args.seed, device=args.device, bf16=args.bf16,
+        cache_dir=args.cache_dir, extra={"download": True} if args.download else {},
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = OneLineParser(prog="python -m study.train", description="Train one segmentation trial locally (no Ray).")
+    add_trial_options(parser)
+    parser.add_argument("--out", default=None, help="run folder (default runs/DATASET-MODEL-INIT-seedSEED)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    cfg = config_from_args(args)
+    out = args.out or f"runs/{cfg.dataset}-{cfg.model}-{cfg.init}-seed{cfg.seed}"
+    run_local(cfg, out, resume=args.resume, progress=not args.no_progress)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main_guard("study.train", main))

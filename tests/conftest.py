@@ -1,0 +1,58 @@
+"""Shared fixtures: toy data in the real layouts, a per-session cache, the genuine samples in ../shared/data."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # fail fast instead of retrying the hub (no internet in CI)
+os.environ.setdefault("WANDB_MODE", "offline")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def toy_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from study.data.toy import write_toy
+
+    return write_toy(tmp_path_factory.mktemp("toy"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cache")
+    os.environ["SEGSTUDY_CACHE"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "oxford-iiit-pet").is_dir():
+        pytest.skip(f"genuine dataset samples not found at {SHARED_DATA} (only present in the project's workspace)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def shared_cityscapes_with_val(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The genuine Cityscapes sample has only 'train'; link it as 'val' too in a temporary root."""
+    if not (shared_data / "cityscapes").is_dir():
+        pytest.skip(f"genuine Cityscapes sample not found at {shared_data / 'cityscapes'}")
+    root = tmp_path_factory.mktemp("cityscapes_root")
+    city = root / "cityscapes"
+    for kind in ("leftImg8bit", "gtFine"):
+        for split in ("train", "val"):
+            (city / kind / split).mkdir(parents=True)
+            (city / kind / split / "aachen").symlink_to(shared_data / "cityscapes" / kind / "train" / "aachen")
+    return root
+
+
+@pytest.fixture
+def toy_copy(toy_root: Path, tmp_path: Path) -> Path:
+    """A private, writable copy of the toy data for tests that break files."""
+    dest = tmp_path / "data"
+    shutil.copytree(toy_root, dest)
+    return dest

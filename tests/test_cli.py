@@ -1,0 +1,102 @@
+"""Bad input: one line naming the option or file, exit code 2, no traceback, nothing written."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from analysis import evaluate
+from study import train
+from study.cli import main_guard
+from study.data.sources import open_source
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_train(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    code = main_guard("study.train", train.main, ["--no-progress", *args])
+    return code, capsys.readouterr().err
+
+
+def fast(root: Path, out: Path, *extra: str) -> list[str]:
+    return ["--dataset", "pets", "--data-root", str(root), "--epochs", "2", "--batch-size", "16",
+            "--image-size", "32", "--out", str(out), *extra]
+
+
+@pytest.mark.parametrize(
+    ("extra", "names"),
+    [
+        (["--dataset", "mnist"], "--dataset"),
+        (["--model", "unet"], "--model"),
+        (["--init", "warm"], "--init"),
+        (["--lr", "0"], "--lr"),
+        (["--lr", "-1e-3"], "--lr"),
+        (["--lr", "fast"], "--lr"),
+        (["--gamma", "0"], "--gamma"),
+        (["--gamma", "1.5"], "--gamma"),
+        (["--epochs", "0"], "--epochs"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--image-size", "64xfoo"], "--image-size"),
+    ],
+)
+def test_bad_options(extra: list[str], names: str, toy_root: Path, tmp_path: Path, capsys) -> None:
+    code, err = run_train(fast(toy_root, tmp_path / "out") + extra, capsys)
+    assert code == 2 and names in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_data_root(tmp_path: Path, capsys) -> None:
+    code, err = run_train(fast(tmp_path / "nowhere", tmp_path / "out"), capsys)
+    assert code == 2 and "--data-root" in err and str(tmp_path / "nowhere") in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_broken_file_stops_before_training(toy_copy: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("SEGSTUDY_CACHE", str(tmp_path / "cache"))
+    label = open_source("pets", "train", toy_copy).label_files[3]
+    trimap = np.asarray(Image.open(label)).copy()
+    trimap[:2] = 0
+    Image.fromarray(trimap).save(label)
+    code, err = run_train(fast(toy_copy, tmp_path / "out"), capsys)
+    assert code == 2 and str(label) in err and "1, 2 or 3" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_run_is_refused_and_kept(toy_root: Path, cache_dir: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    assert run_train(fast(toy_root, out), capsys)[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, err = run_train(fast(toy_root, out, "--lr", "5e-4"), capsys)
+    assert code == 2 and "--resume" in err
+    code, err = run_train(fast(toy_root, out, "--lr", "5e-4", "--resume"), capsys)
+    assert code == 2 and "--lr" in err and "differs" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    code, err = run_train(fast(toy_root, tmp_path / "empty", "--resume"), capsys)
+    assert code == 2 and "nothing to resume" in err
+
+
+def test_evaluate_scores_best_checkpoint(toy_root: Path, cache_dir: Path, tmp_path: Path, capsys) -> None:
+    assert run_train(fast(toy_root, tmp_path / "run"), capsys)[0] == 0
+    code = main_guard("analysis.evaluate", evaluate.main, ["--checkpoint", str(tmp_path / "run" / "best.pt"),
+                      "--dataset", "pets", "--data-root", str(toy_root), "--split", "test", "--out", str(tmp_path / "ev")])
+    assert code == 0
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["images"] == 24 and 0 <= metrics["miou"] <= 1
+    assert set(metrics["per_class_iou"]) == {"pet", "background", "boundary"}
+    assert np.array(metrics["confusion_matrix"]).sum() == 24 * 32 * 32
+    (tmp_path / "bad.pt").write_bytes(b"\x80\x02truncated")
+    code = main_guard("analysis.evaluate", evaluate.main, ["--checkpoint", str(tmp_path / "bad.pt"), "--dataset", "pets",
+                      "--data-root", str(toy_root), "--out", str(tmp_path / "ev2")])
+    err = capsys.readouterr().err
+    assert code == 2 and "bad.pt" in err and not (tmp_path / "ev2").exists()
+
+
+def test_real_process_exit_code_and_no_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "study.train", "--data-root", str(tmp_path / "none"), "--out",
+                           str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and proc.stderr.strip().count("\n") == 0 and "--data-root" in proc.stderr
