@@ -1,0 +1,28 @@
+"""The ``search`` shape shrunk to toy size: finishes in about 5 minutes on 2 CPUs.
+
+Toy data in the real layouts, 32x32 images, 6 epochs, 8 trials, ASHA active. Offline, torchvision's
+ImageNet weights for FCN are not available, so the demo pretrains both encoders on (toy) Cityscapes.
+"""
+
+PRESET = {
+    "dataset": "pets",
+    "data_root": "data/toy",
+    "toy": True,
+    "epochs": 6,
+    "batch_size": 16,
+    "image_size": "32",
+    "val_every": 2,
+    "num_samples": 8,
+    "scheduler": "asha",
+    "grace_period": 2,
+    "reduction_factor": 2,
+    "searcher": "optuna",
+    "space": {
+        "model": ("choice", ["fcn_resnet50", "segformer"]),
+        "init": ("choice", ["scratch", "finetune", "freeze"]),
+        "lr": ("loguniform", 1e-4, 3e-3),
+        "gamma": ("uniform", 0.90, 0.999),
+    },
+    "pretrain": {"models": ["segformer", "fcn_resnet50"], "dataset": "cityscapes", "image_size": "32x64", "epochs": 4,
+                 "batch_size": 8, "lr": 1e-3, "gamma": 0.98},
+}

@@ -1,0 +1,277 @@
+"""Study orchestration: check inputs, start or join Ray, pretrain encoders, run Tune, summarise.
+
+Everything the user can get wrong is checked before Ray starts, and an existing
+experiment is never overwritten: a new run into it is refused unless ``--resume``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from study.config import TrainConfig
+from study.errors import ConfigError
+from study.io import write_csv
+from study.results import best_checkpoint, train_run_name, trial_dirname
+from study.run import SUMMARY_COLUMNS, StudySettings
+
+log = logging.getLogger(__name__)
+
+NEEDS_ENCODER = ("finetune", "freeze")
+
+
+def run_study(settings: StudySettings) -> pd.DataFrame:
+    check_experiment_dir(settings)
+    prepare_data(settings)
+    import ray
+
+    started_here = start_ray(settings)
+    try:
+        pretrained = pretrain_encoders(settings)
+        results = run_tune(settings, pretrained)
+        summary = summarise(settings, results)
+    finally:
+        if started_here:
+            ray.shutdown()  # stops a local Ray we started; only disconnects from a cluster
+    if settings.report:
+        make_report(settings)
+    return summary
+
+
+# ---------------------------------------------------------------- checks before Ray starts
+def check_experiment_dir(settings: StudySettings) -> None:
+    if "://" in settings.storage:
+        return  # remote storage: Tune itself checks it
+    storage, experiment = Path(settings.storage), Path(settings.experiment_dir)
+    exists = experiment.is_dir() and any(experiment.iterdir())
+    if exists and not settings.resume:
+        raise ConfigError(f"--name {settings.name}: {experiment} already holds an experiment; pass --resume to continue "
+                          "it or choose another --name")
+    if settings.resume and not exists:
+        raise ConfigError(f"--resume: nothing to resume in {experiment}")
+    try:
+        storage.mkdir(parents=True, exist_ok=True)
+        probe = storage / f".segstudy-write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"--storage {storage}: not writable ({exc.strerror})") from None
+
+
+def prepare_data(settings: StudySettings) -> None:
+    """Write the toy data if the preset uses it, then decode + validate every split once (fills the cache)."""
+    from study.data import build_dataset
+    from study.data.toy import toy_exists, write_toy
+
+    root = Path(settings.data_root)
+    if settings.toy and not toy_exists(root):
+        write_toy(root)
+    for split in ("train", "val"):
+        build_dataset(settings.dataset, split, root, settings.image_size, cache_dir=settings.cache_dir)
+    for model in models_to_pretrain(settings):
+        for split in ("train", "val"):
+            build_dataset(settings.pretrain["dataset"], split, root, settings.pretrain["image_size"],
+                          cache_dir=settings.cache_dir)
+        break
+
+
+def trial_arms(settings: StudySettings) -> set[tuple[str, str]]:
+    """Every (model, init) pair the study may run."""
+    if settings.points:
+        return {(p["model"], p["init"]) for p in settings.points}
+    models, inits = settings.space["model"][1], settings.space["init"][1]
+    return {(m, i) for m in models for i in inits}
+
+
+def given_source(settings: StudySettings, model: str) -> str | None:
+    return settings.pretrained_segformer if model == "segformer" else settings.pretrained_fcn
+
+
+def models_to_pretrain(settings: StudySettings) -> list[str]:
+    needed = {m for m, i in trial_arms(settings) if i in NEEDS_ENCODER}
+    return [m for m in settings.pretrain.get("models", []) if m in needed and not given_source(settings, m)]
+
+
+# ---------------------------------------------------------------- Ray
+def start_ray(settings: StudySettings) -> bool:
+    """Join the cluster at RAY_ADDRESS (or the Ray this process already runs), else start a local one."""
+    import ray
+
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    started_here = not ray.is_initialized()
+    if started_here and os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"])
+    elif started_here:  # the dashboard stays on: Train's placement-group cleaner needs the State API
+        ray.init(include_dashboard=True, dashboard_host="127.0.0.1")
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if settings.gpus_per_trial is None:
+        settings.gpus_per_trial = 1.0 if gpus else 0.0
+    if settings.gpus_per_trial > gpus:
+        raise ConfigError(f"--gpus-per-trial: {settings.gpus_per_trial} is more than the cluster has ({gpus:g} GPUs)")
+    return started_here
+
+
+def trial_resources(settings: StudySettings) -> dict[str, Any]:
+    return {"workers": settings.workers_per_trial, "cpus": settings.cpus_per_trial, "gpus": settings.gpus_per_trial}
+
+
+def pretrain_encoders(settings: StudySettings) -> dict[str, str]:
+    """Encoder source per model: given, torchvision's ImageNet default, or pretrained here on Cityscapes."""
+    from segmodels import build_model, save_encoder
+    from study.io import load_checkpoint
+    from study.trial import run_training
+
+    sources = {"fcn_resnet50": settings.pretrained_fcn or "imagenet"}
+    if settings.pretrained_segformer:
+        sources["segformer"] = settings.pretrained_segformer
+    for model in models_to_pretrain(settings):
+        encoder_file = Path(settings.experiment_dir) / "pretrained" / f"{model}_encoder.pt"
+        sources[model] = str(encoder_file)
+        if encoder_file.is_file():
+            log.info("reusing the %s encoder pretrained earlier: %s", model, encoder_file)
+            continue
+        p = settings.pretrain
+        cfg = TrainConfig(dataset=p["dataset"], data_root=settings.data_root, model=model, init="scratch",
+                          epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], gamma=p["gamma"],
+                          image_size=p["image_size"], val_every=settings.val_every, seed=settings.seed,
+                          bf16=settings.bf16, cache_dir=settings.cache_dir)
+        log.info("pretraining the %s encoder on %s (%d epochs)", model, p["dataset"], p["epochs"])
+        best = run_training(cfg, f"pretrain-{p['dataset']}-{model}", settings.experiment_dir,
+                            {**trial_resources(settings), "cpus": max(settings.cpus_per_trial, 1)})
+        if best is None:
+            raise ConfigError(f"--storage {settings.storage}: the {model} pretraining run left no checkpoint")
+        checkpoint = load_checkpoint(best)
+        net = build_model(model, len(checkpoint["class_names"]), "scratch")
+        net.load_state_dict(checkpoint["model_state"])
+        save_encoder(net, encoder_file)
+        log.info("%s encoder (val mIoU %.3f on %s) saved to %s", model, checkpoint["val_miou"], p["dataset"], encoder_file)
+    return sources
+
+
+def tune_space(space: dict[str, Any]) -> dict[str, Any]:
+    from ray import tune
+
+    kinds = {"choice": lambda v: tune.choice(v[0]), "loguniform": lambda v: tune.loguniform(*v),
+             "uniform": lambda v: tune.uniform(*v)}
+    return {name: kinds[spec[0]](spec[1:]) for name, spec in space.items()}
+
+
+def run_tune(settings: StudySettings, pretrained: dict[str, str]) -> Any:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import BasicVariantGenerator
+    from ray.tune.search.optuna import OptunaSearch
+
+    from study.trial import trial_driver
+
+    trainable = tune.with_parameters(trial_driver, base=settings.trial_base(pretrained),
+                                     resources=trial_resources(settings), experiment_dir=settings.experiment_dir)
+    # The Train workers hold the trial's CPUs/GPUs; the driver asks only for a token of memory (Tune needs a
+    # non-empty request), so N CPUs run N single-CPU trials at once.
+    trainable = tune.with_resources(trainable, {"cpu": 0, "memory": 64 * 1024**2})
+    if settings.resume and tune.Tuner.can_restore(settings.experiment_dir):
+        tuner = tune.Tuner.restore(settings.experiment_dir, trainable=trainable, resume_unfinished=True,
+                                   resume_errored=True)
+        return tuner.fit()
+
+    if settings.points:  # the report's grid: exactly these configurations
+        values = {k: sorted({p[k] for p in settings.points}) for k in settings.points[0]}
+        param_space = {k: tune.choice(v) for k, v in values.items()}
+        search_alg = BasicVariantGenerator(points_to_evaluate=settings.points, random_state=settings.seed)
+        num_samples = len(settings.points)
+    else:
+        import optuna
+
+        param_space = tune_space(settings.space)
+        search_alg = OptunaSearch(metric="val_miou", mode="max", seed=settings.seed,
+                                  sampler=optuna.samplers.TPESampler(seed=settings.seed))
+        num_samples = settings.num_samples
+    if settings.scheduler == "asha":
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=settings.epochs, grace_period=settings.grace_period,
+                                  reduction_factor=settings.reduction_factor)
+    else:
+        scheduler = FIFOScheduler()
+    tuner = tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(metric="val_miou", mode="max", search_alg=search_alg, scheduler=scheduler,
+                                    num_samples=num_samples, max_concurrent_trials=settings.max_concurrent or None,
+                                    trial_dirname_creator=trial_dirname),
+        run_config=tune.RunConfig(name=settings.name, storage_path=settings.storage, callbacks=tune_callbacks(settings)),
+    )
+    return tuner.fit()
+
+
+def tune_callbacks(settings: StudySettings) -> list:
+    if not settings.wandb:
+        return []
+    from ray.air.integrations.wandb import WandbLoggerCallback
+
+    # The key only ever comes from the environment; without one, runs are written offline.
+    mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    return [WandbLoggerCallback(project="segstudy", group=settings.name, mode=mode, log_config=True,
+                                dir=str(Path(settings.experiment_dir)) if "://" not in settings.storage else None)]
+
+
+# ---------------------------------------------------------------- results
+def summarise(settings: StudySettings, results: Any) -> pd.DataFrame:
+    """One row per trial, ranked by best val mIoU; written to STORAGE/NAME/summary.csv."""
+    rows = []
+    for result in results:
+        history = result.metrics_dataframe
+        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
+        has_history = history is not None and "val_miou" in history
+        epochs = int(history["epoch"].max()) if has_history else 0
+        best_idx = history["val_miou"].idxmax() if has_history and history["val_miou"].notna().any() else None
+        run_dir = Path(settings.experiment_dir) / "train" / train_run_name(trial_id)
+        best = best_checkpoint(run_dir, max_epoch=epochs) if "://" not in settings.storage else None
+        rows.append({
+            "trial_id": trial_id,
+            "model": result.config.get("model"),
+            "init": result.config.get("init"),
+            "lr": result.config.get("lr"),
+            "gamma": result.config.get("gamma"),
+            "epochs": epochs,
+            "best_val_miou": float(history.loc[best_idx, "val_miou"]) if best_idx is not None else math.nan,
+            "best_epoch": int(history.loc[best_idx, "epoch"]) if best_idx is not None else 0,
+            "stopped_early": result.error is None and epochs < settings.epochs,
+            "status": "error" if result.error is not None else "done",
+            "best_checkpoint": str(best) if best else "",
+        })
+    summary = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+    summary = summary.sort_values("best_val_miou", ascending=False, na_position="last").reset_index(drop=True)
+    if "://" not in settings.storage:
+        write_csv(Path(settings.experiment_dir) / "summary.csv", summary.to_dict("records"), SUMMARY_COLUMNS)
+    print_summary(settings, summary)
+    return summary
+
+
+def print_summary(settings: StudySettings, summary: pd.DataFrame) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"segstudy {settings.name}: trials ranked by best val mIoU")
+    for column in ("rank", "trial", "model", "init", "lr", "gamma", "epochs", "best val mIoU", "stopped early"):
+        table.add_column(column, justify="right" if column not in ("trial", "model", "init") else "left")
+    for rank, row in enumerate(summary.itertuples(), start=1):
+        table.add_row(str(rank), str(row.trial_id), str(row.model), str(row.init), f"{row.lr:.2e}", f"{row.gamma:.4f}",
+                      f"{row.epochs}/{settings.epochs}", f"{row.best_val_miou:.4f}",
+                      "yes" if row.stopped_early else ("error" if row.status == "error" else "no"))
+    console = Console(width=None if Console().is_terminal else 120)
+    console.print(table)
+    console.print(f"results: {settings.experiment_dir} (summary.csv)")
+
+
+def make_report(settings: StudySettings) -> None:
+    try:
+        from analysis import report
+    except ImportError:
+        log.info("analysis.report is not available; skipping the report")
+        return
+    report.write_report(settings.experiment_dir, settings.data_root, Path(settings.experiment_dir) / "report",
+                        cache_dir=settings.cache_dir)

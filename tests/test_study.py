@@ -1,0 +1,177 @@
+"""The study on a local Ray: demo end to end, the Cityscapes stage, DDP, resume after a killed driver, W&B.
+
+One Ray instance serves the whole module (each Ray Train run still costs ~10 s to start).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from search_spaces import load_preset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_report_space_is_the_reports_seven_configurations() -> None:
+    preset = load_preset("report")
+    arms = sorted((p["model"], p["init"], p["lr"], p["gamma"]) for p in preset["points"])
+    assert arms == sorted([
+        ("fcn_resnet50", "scratch", 1e-3, 0.98), ("fcn_resnet50", "finetune", 1e-3, 0.98),
+        ("fcn_resnet50", "freeze", 1e-3, 0.98), ("segformer", "scratch", 1e-3, 0.98),
+        ("segformer", "finetune", 1e-3, 0.98), ("segformer", "finetune", 5e-4, 0.98),
+        ("segformer", "freeze", 1e-3, 0.98),
+    ])
+    assert (preset["epochs"], preset["batch_size"], preset["image_size"], preset["scheduler"]) == (30, 64, "64", "fifo")
+    search = load_preset("search")["space"]
+    assert search["lr"] == ("loguniform", 1e-4, 3e-3) and search["gamma"] == ("uniform", 0.90, 0.999)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory):
+    import ray
+
+    os.environ["RAY_TRAIN_V2_ENABLED"] = "1"
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1")
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def run_study(args: list[str]):
+    from study import orchestrate
+    from study.run import settings_from_args
+
+    return orchestrate.run_study(settings_from_args(args))
+
+
+@pytest.fixture(scope="module")
+def demo_study(ray_cluster: str, toy_root: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    storage = tmp_path_factory.mktemp("storage")
+    os.environ["WANDB_MODE"] = "offline"
+    os.environ.pop("WANDB_API_KEY", None)
+    run_study(["--preset", "demo", "--data-root", str(toy_root), "--storage", str(storage), "--name", "demo",
+               "--wandb", "--no-report"])
+    return storage / "demo"
+
+
+def test_demo_runs_with_early_stopping_and_a_consistent_summary(demo_study: Path) -> None:
+    summary = pd.read_csv(demo_study / "summary.csv")
+    assert len(summary) >= 6 and (summary["status"] == "done").all()
+    assert summary["stopped_early"].any(), "ASHA stopped no trial"
+    assert list(summary["best_val_miou"]) == sorted(summary["best_val_miou"], reverse=True)
+    for row in summary.itertuples():
+        progress = pd.read_csv(demo_study / f"trial_{row.trial_id}" / "progress.csv")
+        assert progress["epoch"].is_unique  # no epoch reported twice
+        assert row.epochs == progress["epoch"].max()
+        assert row.best_val_miou == pytest.approx(progress["val_miou"].max())
+        assert row.stopped_early == (row.epochs < 6)
+        checkpoint = torch.load(row.best_checkpoint, weights_only=True)
+        assert checkpoint["val_miou"] == pytest.approx(row.best_val_miou)
+        assert (checkpoint["config"]["model"], checkpoint["config"]["init"]) == (row.model, row.init)
+        assert checkpoint["config"]["lr"] == pytest.approx(row.lr)
+
+
+def test_cityscapes_stage_encoder_is_what_finetune_trials_load(demo_study: Path) -> None:
+    from segmodels import build_model
+    from study.results import best_checkpoint
+
+    encoder_file = demo_study / "pretrained" / "segformer_encoder.pt"
+    encoder = torch.load(encoder_file, weights_only=True)["encoder"]
+    pretrain_best = torch.load(best_checkpoint(demo_study / "train" / "pretrain-cityscapes-segformer"), weights_only=True)
+    assert pretrain_best["config"]["dataset"] == "cityscapes" and len(pretrain_best["class_names"]) == 19
+    prefix = "net.segformer."
+    assert encoder.keys() == {k[len(prefix):] for k in pretrain_best["model_state"] if k.startswith(prefix)}
+    assert all(torch.equal(v, pretrain_best["model_state"][prefix + k]) for k, v in encoder.items())
+    loaded = build_model("segformer", 3, "finetune", pretrained=str(encoder_file)).encoder.state_dict()
+    assert all(torch.equal(loaded[k], encoder[k]) for k in encoder)
+    summary = pd.read_csv(demo_study / "summary.csv")
+    tuned = summary[(summary.model == "segformer") & (summary.init != "scratch")]
+    for row in tuned.itertuples():
+        assert torch.load(row.best_checkpoint, weights_only=True)["config"]["pretrained"] == str(encoder_file)
+
+
+def test_wandb_offline_runs_hold_the_metrics(demo_study: Path) -> None:
+    runs = list(demo_study.rglob("offline-run-*"))
+    summary = pd.read_csv(demo_study / "summary.csv")
+    assert len(runs) == len(summary)  # one W&B run per trial, not per worker
+    blob = b"".join(p.read_bytes() for run in runs for p in run.rglob("*.wandb"))
+    assert b"val_miou" in blob and b"train_loss" in blob
+
+
+def test_two_worker_ddp_trial_matches_single_process(ray_cluster: str, toy_root: Path, cache_dir: Path, tmp_path: Path) -> None:
+    from analysis.evaluate import load_model
+    from study.config import TrainConfig
+    from study.loop import evaluate
+    from study.results import checkpoints
+    from study.train import load_splits
+    from study.trial import run_training
+
+    cfg = TrainConfig(dataset="pets", data_root=str(toy_root), model="segformer", epochs=2, batch_size=8,
+                      image_size=32, cache_dir=str(cache_dir))
+    run_training(cfg, "ddp", str(tmp_path), {"workers": 2, "cpus": 2})
+    (folder, row), = checkpoints(tmp_path / "train" / "ddp")
+    model, _ = load_model(torch.load(folder / "checkpoint.pt", weights_only=True))
+    _, val_set = load_splits(cfg)
+    metric, _ = evaluate(model, val_set.images, val_set.masks, 3, batch_size=len(val_set))
+    assert row["val_miou"] == pytest.approx(metric.miou(), abs=1e-12)
+
+
+def test_resume_after_the_driver_is_killed(ray_cluster: str, toy_root: Path, cache_dir: Path, tmp_path: Path) -> None:
+    from segmodels import build_model, save_encoder
+
+    encoders = {m: str(save_encoder(build_model(m, 19), tmp_path / f"{m}.pt")) for m in ("segformer", "fcn_resnet50")}
+    args = ["-m", "study.run", "--preset", "demo", "--data-root", str(toy_root), "--storage", str(tmp_path / "st"),
+            "--name", "killed", "--num-samples", "4", "--epochs", "4", "--no-report", "--cache-dir", str(cache_dir),
+            "--pretrained-segformer", encoders["segformer"], "--pretrained-fcn", encoders["fcn_resnet50"]]
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster}
+    experiment = tmp_path / "st" / "killed"
+    driver = subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:  # kill at a known point: one trial has finished all 4 epochs
+        deadline = time.monotonic() + 400
+        while not any(_finished(p) for p in experiment.glob("trial_*/result.json")):
+            assert driver.poll() is None, "the study ended before it could be killed"
+            assert time.monotonic() < deadline, "no trial finished in time"
+            time.sleep(0.5)
+        finished = {p.parent.name for p in experiment.glob("trial_*/result.json") if _finished(p)}
+        checkpoint_times = {f: (experiment / "train" / f.replace("trial_", "trial-")).stat().st_mtime_ns for f in finished}
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    assert not (experiment / "summary.csv").exists()
+    refused = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+    resumed = subprocess.run([sys.executable, *args, "--resume"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    summary = pd.read_csv(experiment / "summary.csv")
+    assert len(summary) == 4 and summary["trial_id"].is_unique and (summary["status"] == "done").all()
+    for trial in finished:  # finished trials were not rerun
+        run_dir = experiment / "train" / trial.replace("trial_", "trial-")
+        assert run_dir.stat().st_mtime_ns == checkpoint_times[trial]
+    for result in experiment.glob("trial_*/result.json"):
+        epochs = _epochs(result)
+        assert len(epochs) == len(set(epochs)), f"{result}: an epoch was reported twice: {epochs}"
+
+
+def _finished(result_json: Path, epochs: int = 4) -> bool:
+    return epochs in _epochs(result_json)
+
+
+def _epochs(result_json: Path) -> list[int]:
+    lines = result_json.read_text().splitlines() if result_json.exists() else []
+    epochs = []
+    for line in lines:
+        try:
+            epochs.append(json.loads(line)["epoch"])
+        except json.JSONDecodeError:  # a line Tune is still writing
+            pass
+    return epochs
