@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import ray
 import ray.train
 import ray.train.torch
 import ray.tune
@@ -35,6 +36,7 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     """One Ray Train worker: the shared loop, resumed from the run's latest checkpoint if any."""
     cfg = TrainConfig.from_dict(loop_config["trial"])
     rank = ray.train.get_context().get_world_rank()
+    node_id = ray.get_runtime_context().get_node_id()  # recorded with every report: which node trained it
     train_set, val_set = load_splits(cfg)
     model = build_trial_model(cfg, train_set.num_classes)
     resume, history = None, []
@@ -46,7 +48,7 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
                 history = list(csv.DictReader(f))
 
     def on_validation(event: ValidationEvent) -> None:
-        metrics = {**event.row, "is_best": event.is_best}
+        metrics = {**event.row, "is_best": event.is_best, "node_id": node_id}
         if rank != 0:
             ray.train.report(metrics)  # every rank reports (a barrier); only rank 0 saves
             return
