@@ -1,7 +1,8 @@
 """Named search spaces and presets, as plain data (one module each: report, search, demo).
 
 A space maps each hyperparameter name to ``("choice", [..])``, ``("loguniform", lo, hi)`` or
-``("uniform", lo, hi)``; a preset's ``points`` (a list of full configurations) makes it a grid.
+``("uniform", lo, hi)``. A preset's ``points`` are full configurations: with ``searcher: "grid"`` exactly
+these run; with ``searcher: "optuna"`` they are evaluated first and TPE proposes the rest.
 ``study.run`` turns them into Ray Tune / Optuna objects; nothing here imports Ray.
 """
 

@@ -83,8 +83,12 @@ def _shard(order: torch.Tensor, rank: int, world: int) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, num_classes: int, batch_size: int,
-             ignore_index: int = 255, bf16: bool = False) -> tuple[SegMetric, float]:
-    """Confusion matrix and mean per-pixel loss over (this rank's shard of) a split, summed over ranks."""
+             ignore_index: int = 255, bf16: bool = False,
+             on_batch: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None) -> tuple[SegMetric, float]:
+    """Confusion matrix and mean per-pixel loss over (this rank's shard of) a split, summed over ranks.
+
+    ``on_batch(indices, logits, targets)`` sees every batch (e.g. to keep probabilities for ROC curves).
+    """
     rank, world = dist_info()
     device = images.device
     metric = SegMetric(num_classes, ignore_index, device=device)
@@ -101,6 +105,8 @@ def evaluate(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, num_cl
         loss_sum += F.cross_entropy(logits.float(), y, ignore_index=ignore_index, reduction="sum")
         pixels += (y != ignore_index).sum()
         metric.update(logits, y)
+        if on_batch is not None:
+            on_batch(idx, logits.float(), y)
     if world > 1:
         metric.all_reduce()
         torch.distributed.all_reduce(loss_sum)

@@ -6,6 +6,7 @@ experiment is never overwritten: a new run into it is refused unless ``--resume`
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -16,8 +17,8 @@ import pandas as pd
 
 from study.config import TrainConfig
 from study.errors import ConfigError
-from study.io import write_csv
-from study.results import best_checkpoint, train_run_name, trial_dirname
+from study.io import write_csv, write_json
+from study.results import STUDY_FILE, best_checkpoint, train_run_name, trial_dirname
 from study.run import SUMMARY_COLUMNS, StudySettings
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,10 @@ def run_study(settings: StudySettings) -> pd.DataFrame:
     prepare_data(settings)
     import ray
 
-    started_here = start_ray(settings)
+    started_here = start_ray()
     try:
+        check_cluster_resources(settings)
+        record_settings(settings)
         pretrained = pretrain_encoders(settings)
         results = run_tune(settings, pretrained)
         summary = summarise(settings, results)
@@ -63,6 +66,15 @@ def check_experiment_dir(settings: StudySettings) -> None:
         raise ConfigError(f"--storage {storage}: not writable ({exc.strerror})") from None
 
 
+def record_settings(settings: StudySettings) -> None:
+    """Write STORAGE/NAME/study.json once (kept on resume): what the analysis needs to read the study."""
+    if "://" in settings.storage:
+        return
+    path = Path(settings.experiment_dir) / STUDY_FILE
+    if not path.exists():
+        write_json(path, {k: v for k, v in dataclasses.asdict(settings).items() if k != "resume"})
+
+
 def prepare_data(settings: StudySettings) -> None:
     """Write the toy data if the preset uses it, then decode + validate every split once (fills the cache)."""
     from study.data import build_dataset
@@ -82,10 +94,10 @@ def prepare_data(settings: StudySettings) -> None:
 
 def trial_arms(settings: StudySettings) -> set[tuple[str, str]]:
     """Every (model, init) pair the study may run."""
-    if settings.points:
-        return {(p["model"], p["init"]) for p in settings.points}
-    models, inits = settings.space["model"][1], settings.space["init"][1]
-    return {(m, i) for m in models for i in inits}
+    arms = {(p["model"], p["init"]) for p in settings.points}
+    if settings.space:
+        arms |= {(m, i) for m in settings.space["model"][1] for i in settings.space["init"][1]}
+    return arms
 
 
 def given_source(settings: StudySettings, model: str) -> str | None:
@@ -98,7 +110,7 @@ def models_to_pretrain(settings: StudySettings) -> list[str]:
 
 
 # ---------------------------------------------------------------- Ray
-def start_ray(settings: StudySettings) -> bool:
+def start_ray() -> bool:
     """Join the cluster at RAY_ADDRESS (or the Ray this process already runs), else start a local one."""
     import ray
 
@@ -108,12 +120,18 @@ def start_ray(settings: StudySettings) -> bool:
         ray.init(address=os.environ["RAY_ADDRESS"])
     elif started_here:  # the dashboard stays on: Train's placement-group cleaner needs the State API
         ray.init(include_dashboard=True, dashboard_host="127.0.0.1")
+    return started_here
+
+
+def check_cluster_resources(settings: StudySettings) -> None:
+    """Default and bound --gpus-per-trial by what the cluster has."""
+    import ray
+
     gpus = ray.cluster_resources().get("GPU", 0)
     if settings.gpus_per_trial is None:
         settings.gpus_per_trial = 1.0 if gpus else 0.0
     if settings.gpus_per_trial > gpus:
         raise ConfigError(f"--gpus-per-trial: {settings.gpus_per_trial} is more than the cluster has ({gpus:g} GPUs)")
-    return started_here
 
 
 def trial_resources(settings: StudySettings) -> dict[str, Any]:
@@ -179,7 +197,7 @@ def run_tune(settings: StudySettings, pretrained: dict[str, str]) -> Any:
                                    resume_errored=True)
         return tuner.fit()
 
-    if settings.points:  # the report's grid: exactly these configurations
+    if settings.searcher == "grid":  # the report's grid: exactly these configurations
         values = {k: sorted({p[k] for p in settings.points}) for k in settings.points[0]}
         param_space = {k: tune.choice(v) for k, v in values.items()}
         search_alg = BasicVariantGenerator(points_to_evaluate=settings.points, random_state=settings.seed)
@@ -189,7 +207,8 @@ def run_tune(settings: StudySettings, pretrained: dict[str, str]) -> Any:
 
         param_space = tune_space(settings.space)
         search_alg = OptunaSearch(metric="val_miou", mode="max", seed=settings.seed,
-                                  sampler=optuna.samplers.TPESampler(seed=settings.seed))
+                                  sampler=optuna.samplers.TPESampler(seed=settings.seed),
+                                  points_to_evaluate=settings.points[: settings.num_samples] or None)
         num_samples = settings.num_samples
     if settings.scheduler == "asha":
         scheduler = ASHAScheduler(time_attr="epoch", max_t=settings.epochs, grace_period=settings.grace_period,
@@ -212,8 +231,8 @@ def tune_callbacks(settings: StudySettings) -> list:
         return []
     from ray.air.integrations.wandb import WandbLoggerCallback
 
-    # The key only ever comes from the environment; without one, runs are written offline.
-    mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    # The key only ever comes from the environment; without one (or with WANDB_MODE=offline), runs are written offline.
+    mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
     return [WandbLoggerCallback(project="segstudy", group=settings.name, mode=mode, log_config=True,
                                 dir=str(Path(settings.experiment_dir)) if "://" not in settings.storage else None)]
 

@@ -8,6 +8,7 @@ Layout (``STORAGE/NAME``):
       history.csv                every validation row of the run up to this checkpoint
   pretrained/<model>_encoder.pt  encoders from the Cityscapes stage
   summary.csv                    one row per trial
+  study.json                     the study's settings (preset, space, epochs, data root, ...)
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 from pathlib import Path
 
 TRAIN_RUNS = "train"
+STUDY_FILE = "study.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"

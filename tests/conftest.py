@@ -12,6 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # fail fast instead of retrying th
 os.environ.setdefault("WANDB_MODE", "offline")
 
 REPO = Path(__file__).resolve().parents[1]
+FAKE_WANDB_KEY = "segstudyfakekey" + "0123456789abcdef" * 2
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
@@ -56,3 +57,30 @@ def toy_copy(toy_root: Path, tmp_path: Path) -> Path:
     dest = tmp_path / "data"
     shutil.copytree(toy_root, dest)
     return dest
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory):
+    import ray
+
+    os.environ["RAY_TRAIN_V2_ENABLED"] = "1"
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1")
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def run_study(args: list[str]):
+    from study import orchestrate
+    from study.run import settings_from_args
+
+    return orchestrate.run_study(settings_from_args(args))
+
+
+@pytest.fixture(scope="session")
+def demo_study(ray_cluster: str, toy_root: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    storage = tmp_path_factory.mktemp("storage")
+    os.environ["WANDB_MODE"] = "offline"
+    os.environ["WANDB_API_KEY"] = FAKE_WANDB_KEY  # planted: no file the study writes may contain it
+    run_study(["--preset", "demo", "--data-root", str(toy_root), "--storage", str(storage), "--name", "demo",
+               "--wandb", "--no-report"])
+    return storage / "demo"

@@ -36,33 +36,6 @@ def test_report_space_is_the_reports_seven_configurations() -> None:
     assert search["lr"] == ("loguniform", 1e-4, 3e-3) and search["gamma"] == ("uniform", 0.90, 0.999)
 
 
-@pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory: pytest.TempPathFactory):
-    import ray
-
-    os.environ["RAY_TRAIN_V2_ENABLED"] = "1"
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1")
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
-
-
-def run_study(args: list[str]):
-    from study import orchestrate
-    from study.run import settings_from_args
-
-    return orchestrate.run_study(settings_from_args(args))
-
-
-@pytest.fixture(scope="module")
-def demo_study(ray_cluster: str, toy_root: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    storage = tmp_path_factory.mktemp("storage")
-    os.environ["WANDB_MODE"] = "offline"
-    os.environ.pop("WANDB_API_KEY", None)
-    run_study(["--preset", "demo", "--data-root", str(toy_root), "--storage", str(storage), "--name", "demo",
-               "--wandb", "--no-report"])
-    return storage / "demo"
-
-
 def test_demo_runs_with_early_stopping_and_a_consistent_summary(demo_study: Path) -> None:
     summary = pd.read_csv(demo_study / "summary.csv")
     assert len(summary) >= 6 and (summary["status"] == "done").all()

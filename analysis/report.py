@@ -1,0 +1,198 @@
+"""Every figure of the report, and ``report.md``, from a finished study:
+
+    python -m analysis.report --experiment STORAGE/NAME --data-root R --out DIR
+
+Evaluates the best checkpoint of each (model, init) on the test split, then writes
+dataset samples (Figs 1-2), training curves per strategy (Figs 4-5), the best
+fine-tuned FCN against the best fine-tuned SegFormer (Fig 10), confusion matrices,
+ROC curves and predicted masks (Figs 6-9), and beyond the report: hyperparameter
+importance, lr/gamma against best val mIoU, and where ASHA stopped each trial.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis import figures as fig
+from analysis.evaluate import evaluate_checkpoint
+from analysis.load import MODEL_LABEL, best_per_strategy, load_experiment, study_settings, trial_table
+from study.cli import OneLineParser, main_guard
+from study.data import build_dataset
+from study.data.transforms import denormalize, normalize
+from study.errors import ConfigError, DataError
+from study.io import atomic_write_text, write_json
+
+log = logging.getLogger(__name__)
+
+SAMPLE_SIZES = {"pets": "128", "cityscapes": "128x256"}
+
+
+def write_report(experiment: str | Path, data_root: str | Path | None = None, out: str | Path | None = None,
+                 cache_dir: str | None = None, device: str = "auto", overwrite: bool = True) -> Path:
+    """Write every figure, its CSV and ``report.md`` into ``out`` (default ``experiment/report``)."""
+    experiment = Path(experiment)
+    out = Path(out) if out else experiment / "report"
+    if (out / "report.md").exists() and not overwrite:
+        raise ConfigError(f"--out {out}: already holds report.md; choose another --out or pass --overwrite")
+    settings = study_settings(experiment)
+    data_root = data_root or settings.get("data_root")
+    if not data_root:
+        raise ConfigError(f"--data-root: not given and {experiment}/study.json does not name one")
+    df = load_experiment(experiment)
+    table = trial_table(df)
+    dataset = settings.get("dataset", "pets")
+    figures: list[tuple[Path, str]] = []
+    notes: list[str] = []
+
+    for name in ("pets", "cityscapes"):  # Figs 1-2
+        try:
+            data = build_dataset(name, "train", data_root, SAMPLE_SIZES[name], cache_dir=cache_dir, augment=False)
+        except DataError as exc:
+            notes.append(f"No {name} samples: {exc}")
+            continue
+        pick = sorted(np.random.default_rng(0).choice(len(data), size=min(4, len(data)), replace=False).tolist())
+        images = (denormalize(normalize(data.images[pick])).permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)
+        figures.append((fig.dataset_samples(images, data.masks[pick].numpy(), [data.files[i] for i in pick],
+                                            data.class_names, f"4 random {name} training images and labels",
+                                            out / f"samples_{name}"),
+                        f"Four random {name} training images beside their label masks."))
+
+    for model in sorted(set(df["model"])):  # Figs 4-5: the best trial of each strategy
+        chosen = best_per_strategy(df, model)
+        part = df[df["trial_id"].isin(chosen.values())]
+        figures.append((fig.training_curves(part, f"{MODEL_LABEL.get(model, model)}: training metrics per strategy",
+                                            out / f"curves_{model}"),
+                        f"{MODEL_LABEL.get(model, model)}: loss and mIoU per epoch for the best trial of each strategy "
+                        f"({', '.join(chosen)})."))
+
+    best_tuned = {m: best_per_strategy(df, m).get("fine-tune") for m in ("fcn_resnet50", "segformer")}
+    if all(best_tuned.values()):  # Fig 10
+        part = df[df["trial_id"].isin(best_tuned.values())].assign(model_label=lambda d: d["model"].map(MODEL_LABEL))
+        figures.append((fig.training_curves(part, "Best fine-tuned FCN ResNet-50 against best fine-tuned SegFormer",
+                                            out / "best_models_comparison", label_column="model_label",
+                                            colours={"FCN ResNet-50": "tab:blue", "SegFormer": "tab:purple"}),
+                        "The best fine-tuned FCN ResNet-50 and SegFormer trials on the same four panels."))
+    else:
+        notes.append("No comparison of fine-tuned models: the study has no fine-tuned trial for one of the models.")
+
+    table["test_miou"] = math.nan  # Figs 6-9: the best checkpoint of each (model, init) on the test split
+    for (model, init), group in table.groupby(["model", "init"]):
+        best = group.iloc[0]
+        if not best["best_checkpoint"]:
+            notes.append(f"No checkpoint for {model}/{init} (trial {best['trial_id']}): not evaluated.")
+            continue
+        label = f"{MODEL_LABEL.get(model, model)} {best['strategy']}"
+        stem = out / "test" / f"{model}_{init}"
+        result = evaluate_checkpoint(best["best_checkpoint"], dataset, data_root, "test", device, cache_dir=cache_dir,
+                                     figures=stem, title=label)
+        write_json(stem / "metrics.json", result)
+        table.loc[table["trial_id"] == best["trial_id"], "test_miou"] = result["miou"]
+        figures += [(stem / "confusion_matrix.png", f"{label} (trial {best['trial_id']}): row-normalised test confusion matrix."),
+                    (stem / "roc.png", f"{label}: one-vs-rest ROC curves on the test split, AUC per class."),
+                    (stem / "predicted_masks.png", f"{label}: predicted masks beside image and ground truth.")]
+
+    figures.append((fig.hyperparameter_scatter(table, out / "hyperparameters"),
+                    "Learning rate and gamma against best val mIoU, coloured by model and strategy."))
+    if settings.get("scheduler") == "asha":
+        grace, factor, epochs = settings["grace_period"], settings["reduction_factor"], settings["epochs"]
+        rungs = [grace * factor**k for k in range(10) if grace * factor**k < epochs]
+        figures.append((fig.asha_stops(table, epochs, rungs, out / "asha_stops"),
+                        "Epochs each trial reached before ASHA stopped it (or it completed)."))
+    importances = hyperparameter_importance(table)
+    if importances:
+        figures.append((fig.importance_figure(importances, out / "importance"),
+                        "Hyperparameter importance for best val mIoU (Optuna's fANOVA over the finished trials)."))
+    else:
+        notes.append("No hyperparameter importance: fewer than 3 trials with scores, or no varied hyperparameter.")
+
+    table.to_csv(out / "trials.csv", index=False)
+    atomic_write_text(out / "report.md", render_markdown(experiment, settings, table, figures, notes, out))
+    log.info("report written to %s", out / "report.md")
+    return out / "report.md"
+
+
+def hyperparameter_importance(table: pd.DataFrame) -> dict[str, float]:
+    """Optuna's importance evaluator on the trials' best val mIoU (varied hyperparameters only)."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    scored = table.dropna(subset=["best_val_miou"])
+    varied = [c for c in ("model", "init", "lr", "gamma") if scored[c].nunique() > 1]
+    if len(scored) < 3 or not varied:
+        return {}
+    distributions = {
+        "model": CategoricalDistribution(sorted(scored["model"].unique())),
+        "init": CategoricalDistribution(sorted(scored["init"].unique())),
+        "lr": FloatDistribution(scored["lr"].min(), scored["lr"].max(), log=True),
+        "gamma": FloatDistribution(scored["gamma"].min(), scored["gamma"].max()),
+    }
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    for row in scored.itertuples():
+        params = {c: (float(getattr(row, c)) if c in ("lr", "gamma") else getattr(row, c)) for c in varied}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions={c: distributions[c] for c in varied},
+                                                  value=float(row.best_val_miou)))
+    try:
+        return dict(optuna.importance.get_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)))
+    except (ValueError, RuntimeError) as exc:
+        log.warning("hyperparameter importance failed: %s", exc)
+        return {}
+
+
+def render_markdown(experiment: Path, settings: dict, table: pd.DataFrame, figures: list[tuple[Path, str]],
+                    notes: list[str], out: Path) -> str:
+    best = table.iloc[0]
+    lines = [
+        f"# segstudy report: {experiment.name}",
+        "",
+        f"Preset `{settings.get('preset', '?')}` on `{settings.get('dataset', 'pets')}` "
+        f"({settings.get('epochs', '?')} epochs, batch {settings.get('batch_size', '?')}, image size "
+        f"{settings.get('image_size', '?')}), {len(table)} trials. Study folder: `{experiment}`.",
+        "",
+        f"**Best configuration:** {MODEL_LABEL.get(best['model'], best['model'])}, {best['strategy']} "
+        f"(init `{best['init']}`, lr {best['lr']:.3g}, gamma {best['gamma']:.4g}), trial `{best['trial_id']}`: "
+        f"best val mIoU {best['best_val_miou']:.4f} at epoch {best['best_epoch']}"
+        + (f", test mIoU {best['test_miou']:.4f}." if not math.isnan(best["test_miou"]) else "."),
+        "",
+        "## Configurations",
+        "",
+        "| trial | model | strategy | lr | gamma | epochs | stopped early | best val mIoU | test mIoU |",
+        "| --- | --- | --- | ---: | ---: | ---: | --- | ---: | ---: |",
+    ]
+    for row in table.itertuples():
+        test = "—" if math.isnan(row.test_miou) else f"{row.test_miou:.4f}"
+        lines.append(f"| {row.trial_id} | {MODEL_LABEL.get(row.model, row.model)} | {row.strategy} | {row.lr:.3g} | "
+                     f"{row.gamma:.4g} | {row.epochs} | {'yes' if row.stop_reason.startswith('stopped') else 'no'} | "
+                     f"{row.best_val_miou:.4f} | {test} |")
+    lines += ["", "Test mIoU is given for the best trial of each (model, init), evaluated on the test split.", "",
+              "## Figures", ""]
+    for k, (path, caption) in enumerate(figures, start=1):
+        rel = path.relative_to(out)
+        lines += [f"![{caption}]({rel.as_posix()})", "", f"*Figure {k}: {caption}* (data: `{rel.with_suffix('.csv').as_posix()}`)", ""]
+    if notes:
+        lines += ["## Notes", ""] + [f"- {note}" for note in notes] + [""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = OneLineParser(prog="python -m analysis.report", description="Write the report's figures and report.md.")
+    parser.add_argument("--experiment", required=True, help="STORAGE/NAME of a study (or a study.train run folder)")
+    parser.add_argument("--data-root", help="dataset root for the test evaluation (default: the study's)")
+    parser.add_argument("--out", help="output folder (default: EXPERIMENT/report)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--cache-dir")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing report in --out")
+    args = parser.parse_args(argv)
+    if not Path(args.experiment).is_dir():
+        raise ConfigError(f"--experiment {args.experiment}: not a folder")
+    write_report(args.experiment, args.data_root, args.out, args.cache_dir, args.device, overwrite=args.overwrite)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main_guard("analysis.report", main))
