@@ -39,11 +39,11 @@ def write_report(experiment: str | Path, data_root: str | Path | None = None, ou
     out = Path(out) if out else experiment / "report"
     if (out / "report.md").exists() and not overwrite:
         raise ConfigError(f"--out {out}: already holds report.md; choose another --out or pass --overwrite")
+    df = load_experiment(experiment)
     settings = study_settings(experiment)
     data_root = data_root or settings.get("data_root")
     if not data_root:
         raise ConfigError(f"--data-root: not given and {experiment}/study.json does not name one")
-    df = load_experiment(experiment)
     table = trial_table(df)
     dataset = settings.get("dataset", "pets")
     figures: list[tuple[Path, str]] = []

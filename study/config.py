@@ -18,6 +18,7 @@ MODELS = ("fcn_resnet50", "segformer")
 INITS = ("scratch", "finetune", "freeze")
 SEGFORMER_VARIANTS = ("b0", "b1", "b2", "b3", "b4", "b5")
 DEVICES = ("auto", "cpu", "cuda")
+SEGFORMER_MIN_SIZE = 32
 
 
 def parse_image_size(value: Any) -> tuple[int, int]:
@@ -77,6 +78,9 @@ class TrainConfig:
         _number("batch-size", self.batch_size, int, lambda v: v >= 1, "an integer >= 1")
         _number("val-every", self.val_every, int, lambda v: v >= 1, "an integer >= 1")
         _number("seed", self.seed, int, lambda v: v >= 0, "an integer >= 0")
+        if self.model == "segformer" and min(self.image_size) < SEGFORMER_MIN_SIZE:
+            raise ConfigError(f"--image-size: SegFormer needs at least {SEGFORMER_MIN_SIZE} pixels per side "
+                              f"(its last stage downsamples 32x), got {self.image_size[0]}x{self.image_size[1]}")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

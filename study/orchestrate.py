@@ -24,6 +24,9 @@ from study.run import SUMMARY_COLUMNS, StudySettings
 log = logging.getLogger(__name__)
 
 NEEDS_ENCODER = ("finetune", "freeze")
+# A custom resource that only on-demand nodes offer (cluster.yaml gives it to the head). When the cluster
+# has it, trial drivers (and so their Train controllers) ask for one unit and stay off spot nodes.
+DRIVER_RESOURCE = "on_demand"
 
 
 def run_study(settings: StudySettings) -> pd.DataFrame:
@@ -110,17 +113,39 @@ def models_to_pretrain(settings: StudySettings) -> list[str]:
 
 
 # ---------------------------------------------------------------- Ray
-def start_ray() -> bool:
-    """Join the cluster at RAY_ADDRESS (or the Ray this process already runs), else start a local one."""
+def start_ray(num_cpus: int | None = None) -> bool:
+    """Join the cluster at RAY_ADDRESS (or the Ray this process already runs), else start a local one.
+
+    Every Ray process of the study gets RAY_ADDRESS in its environment: Ray Train's placement-group
+    cleaner looks the cluster up through the State API, and with no address and a second Ray instance
+    on the same machine it fails, leaving the placement groups of stopped trials reserved (the next
+    trials then wait forever).
+    """
+    import socket
+
     import ray
 
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    started_here = not ray.is_initialized()
-    if started_here and os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"])
-    elif started_here:  # the dashboard stays on: Train's placement-group cleaner needs the State API
-        ray.init(include_dashboard=True, dashboard_host="127.0.0.1")
-    return started_here
+    if ray.is_initialized():
+        return False
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, runtime_env={"env_vars": {"RAY_ADDRESS": address}})
+        return True
+    with socket.socket() as probe:  # a free port for the GCS, so the address is known before Ray starts
+        probe.bind(("", 0))
+        port = probe.getsockname()[1]
+    os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+    address = f"{ray.util.get_node_ip_address()}:{port}"
+    try:  # the dashboard stays on: the placement-group cleaner needs the State API
+        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                 runtime_env={"env_vars": {"RAY_ADDRESS": address}})
+    finally:
+        del os.environ["RAY_GCS_SERVER_PORT"]
+    if ray.get_runtime_context().gcs_address != address:
+        log.warning("Ray started at %s, not %s: trials stopped early may not release their resources",
+                    ray.get_runtime_context().gcs_address, address)
+    return True
 
 
 def check_cluster_resources(settings: StudySettings) -> None:
@@ -132,6 +157,27 @@ def check_cluster_resources(settings: StudySettings) -> None:
         settings.gpus_per_trial = 1.0 if gpus else 0.0
     if settings.gpus_per_trial > gpus:
         raise ConfigError(f"--gpus-per-trial: {settings.gpus_per_trial} is more than the cluster has ({gpus:g} GPUs)")
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if settings.cpus_per_trial > cpus:
+        raise ConfigError(f"--cpus-per-trial: {settings.cpus_per_trial:g} is more than the cluster has ({cpus:g} CPUs)")
+    if not settings.max_concurrent:
+        # Trial drivers ask for no CPU, so Tune alone would start every trial at once and leave most of them
+        # waiting (each a Python process with torch loaded). Run only as many as the cluster can train.
+        fits = [cpus // settings.cpus_per_trial] + ([gpus // settings.gpus_per_trial] if settings.gpus_per_trial else [])
+        settings.max_concurrent = max(1, int(min(fits)))
+        log.info("running up to %d trials at once (set --max-concurrent to change)", settings.max_concurrent)
+
+
+def driver_resources() -> dict[str, Any]:
+    """What a trial driver asks Tune for. The Train workers hold the trial's CPUs/GPUs; the driver asks for
+    no CPU (so N CPUs run N single-CPU trials at once), only a token of memory (Tune needs a non-empty
+    request) and, on a cluster that offers it, one unit of DRIVER_RESOURCE to stay off spot nodes."""
+    import ray
+
+    request: dict[str, Any] = {"cpu": 0, "memory": 64 * 1024**2}
+    if ray.cluster_resources().get(DRIVER_RESOURCE, 0) >= 1:
+        request[DRIVER_RESOURCE] = 1
+    return request
 
 
 def trial_resources(settings: StudySettings) -> dict[str, Any]:
@@ -189,9 +235,7 @@ def run_tune(settings: StudySettings, pretrained: dict[str, str]) -> Any:
 
     trainable = tune.with_parameters(trial_driver, base=settings.trial_base(pretrained),
                                      resources=trial_resources(settings), experiment_dir=settings.experiment_dir)
-    # The Train workers hold the trial's CPUs/GPUs; the driver asks only for a token of memory (Tune needs a
-    # non-empty request), so N CPUs run N single-CPU trials at once.
-    trainable = tune.with_resources(trainable, {"cpu": 0, "memory": 64 * 1024**2})
+    trainable = tune.with_resources(trainable, driver_resources())
     if settings.resume and tune.Tuner.can_restore(settings.experiment_dir):
         tuner = tune.Tuner.restore(settings.experiment_dir, trainable=trainable, resume_unfinished=True,
                                    resume_errored=True)

@@ -75,8 +75,10 @@ class StudySettings:
                 "pretrained_by_model": pretrained_by_model}
 
     def validate(self) -> None:
-        TrainConfig(dataset=self.dataset, epochs=self.epochs, batch_size=self.batch_size, image_size=self.image_size,
-                    val_every=self.val_every, seed=self.seed)  # the trial-level ranges, named as options
+        models = {p["model"] for p in self.points} | set(self.space.get("model", ("choice", []))[1])
+        for model in sorted(models) or ["fcn_resnet50"]:  # the trial-level ranges, named as options
+            TrainConfig(dataset=self.dataset, model=model, epochs=self.epochs, batch_size=self.batch_size,
+                        image_size=self.image_size, val_every=self.val_every, seed=self.seed)
         checks = [("num-samples", self.num_samples >= 1, "an integer >= 1"),
                   ("max-concurrent", self.max_concurrent >= 0, "an integer >= 0"),
                   ("cpus-per-trial", self.cpus_per_trial > 0, "a number > 0"),

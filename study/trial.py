@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
                 history = list(csv.DictReader(f))
 
     def on_validation(event: ValidationEvent) -> None:
-        metrics = {**event.row, "is_best": event.is_best, "node_id": node_id}
+        metrics = {**event.row, "is_best": event.is_best, "node_id": node_id, "worker_pid": os.getpid()}
         if rank != 0:
             ray.train.report(metrics)  # every rank reports (a barrier); only rank 0 saves
             return
@@ -56,7 +57,7 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as folder:
             atomic_torch_save({**model_checkpoint(cfg, event, train_set.class_names), **event.checkpoint()},
                               Path(folder) / CHECKPOINT_FILE)
-            write_json(Path(folder) / METRICS_FILE, event.row)
+            write_json(Path(folder) / METRICS_FILE, metrics)
             write_csv(Path(folder) / HISTORY_FILE, history, METRIC_COLUMNS)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
                              checkpoint_dir_name=f"checkpoint_epoch{int(event.row['epoch']):04d}")

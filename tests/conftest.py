@@ -63,8 +63,9 @@ def toy_copy(toy_root: Path, tmp_path: Path) -> Path:
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory):
     import ray
 
-    os.environ["RAY_TRAIN_V2_ENABLED"] = "1"
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1")
+    from study.orchestrate import start_ray
+
+    start_ray(num_cpus=2)  # the study's own way of starting a local Ray
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 

@@ -1,0 +1,220 @@
+"""Reliability: killed workers, many early stops, broken files, bad options, truncated checkpoints.
+
+Kills happen at known points (a checkpoint on disk), never after a sleep.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from study.cli import main_guard
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_a_killed_worker_resumes_from_its_latest_checkpoint(ray_cluster: str, toy_root: Path, cache_dir: Path,
+                                                            tmp_path: Path) -> None:
+    from study.config import TrainConfig
+    from study.results import checkpoints
+    from study.trial import run_training
+
+    cfg = TrainConfig(dataset="pets", data_root=str(toy_root), model="segformer", epochs=8, batch_size=8,
+                      image_size=32, cache_dir=str(cache_dir))
+    run_dir = tmp_path / "train" / "killed-worker"
+    errors: list[BaseException] = []
+    thread = threading.Thread(target=lambda: _capture(errors, run_training, cfg, "killed-worker", str(tmp_path),
+                                                      {"workers": 1, "cpus": 1, "max_failures": 2}))
+    thread.start()
+    deadline = time.monotonic() + 300
+    while not checkpoints(run_dir):  # the known point: the first checkpoint is persisted
+        assert thread.is_alive() and time.monotonic() < deadline, errors
+        time.sleep(0.2)
+    first_folder, first = checkpoints(run_dir)[0]
+    os.kill(first["worker_pid"], signal.SIGKILL)
+    thread.join(timeout=400)
+    assert not thread.is_alive() and not errors, errors
+    kept = checkpoints(run_dir)
+    assert kept[-1][1]["epoch"] == 8  # the trial finished
+    history = pd.read_csv(kept[-1][0] / "history.csv")
+    assert list(history["epoch"]) == [2, 4, 6, 8]  # each validation recorded exactly once
+    pids = [row["worker_pid"] for _, row in kept]
+    assert pids[-1] != first["worker_pid"]  # a new worker finished the trial ...
+    restarted_at = next(row["epoch"] for _, row in kept if row["worker_pid"] != first["worker_pid"])
+    assert restarted_at > first["epoch"]  # ... after the checkpoint: no epoch before it was recomputed
+    assert history.loc[history["epoch"] == first["epoch"], "val_miou"].item() == first["val_miou"]
+
+
+def _capture(errors: list, fn, *args) -> None:
+    try:
+        fn(*args)
+    except BaseException as exc:  # noqa: BLE001 - reported by the test
+        errors.append(exc)
+
+
+def test_many_early_stops_finish_without_deadlock(ray_cluster: str, toy_root: Path, cache_dir: Path, tmp_path: Path) -> None:
+    from ray.util.state import list_placement_groups
+
+    from study import orchestrate
+    from study.run import settings_from_args
+
+    settings = settings_from_args(["--preset", "demo", "--data-root", str(toy_root), "--storage", str(tmp_path),
+                                   "--name", "asha", "--num-samples", "24", "--epochs", "2", "--image-size", "32",
+                                   "--cache-dir", str(cache_dir), "--no-report"])
+    settings.space = {**settings.space, "model": ("choice", ["segformer"]), "init": ("choice", ["scratch"])}
+    # Trials in order of falling learning rate, all below the rate where more is better after one epoch,
+    # so that almost every new trial is worse than those before it and ASHA stops it.
+    settings.points = [{"model": "segformer", "init": "scratch", "lr": float(lr), "gamma": 0.98}
+                       for lr in np.geomspace(1e-4, 1e-8, 24)]
+    settings.pretrain = {}
+    settings.val_every, settings.grace_period, settings.reduction_factor = 1, 1, 8  # ASHA keeps only the top 1/8
+    summary = orchestrate.run_study(settings)
+    assert len(summary) == 24 and (summary["status"] == "done").all()
+    assert summary["stopped_early"].sum() >= 20
+    leftover = [pg for pg in list_placement_groups(detail=True) if pg.state != "REMOVED"]
+    deadline = time.monotonic() + 60  # the cleaner removes them asynchronously
+    while leftover and time.monotonic() < deadline:
+        time.sleep(1)
+        leftover = [pg for pg in list_placement_groups(detail=True) if pg.state != "REMOVED"]
+    assert not leftover, leftover
+
+
+def _first_val_label(root: Path) -> Path:
+    from study.data.sources import open_source
+
+    return open_source("pets", "val", root).label_files[0]
+
+
+@pytest.mark.parametrize("breakage", ["truncated_jpeg", "trimap_values", "size_mismatch"])
+def test_broken_files_stop_the_study_before_ray_starts(breakage: str, toy_copy: Path, tmp_path: Path, capsys) -> None:
+    from study import run
+    from study.data.sources import open_source
+
+    source = open_source("pets", "val", toy_copy)
+    image, label = source.image_files[0], source.label_files[0]
+    if breakage == "truncated_jpeg":
+        image.write_bytes(image.read_bytes()[:300])
+        culprit = image
+    elif breakage == "trimap_values":
+        trimap = np.asarray(Image.open(label)).copy()
+        trimap[3, 3] = 9
+        Image.fromarray(trimap).save(label)
+        culprit = label
+    else:
+        Image.open(label).resize((20, 20)).save(label)
+        culprit = label
+    code = main_guard("study.run", run.main, ["--preset", "search", "--data-root", str(toy_copy), "--storage",
+                                               str(tmp_path / "st"), "--cache-dir", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert code == 2 and str(culprit) in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "st" / "search").exists()
+
+
+@pytest.mark.parametrize(("args", "option"), [
+    (["--preset", "huge"], "--preset"),
+    (["--epochs", "0"], "--epochs"),
+    (["--epochs", "many"], "--epochs"),
+    (["--batch-size", "-4"], "--batch-size"),
+    (["--image-size", "3"], "--image-size"),
+    (["--image-size", "16"], "--image-size"),  # too small for SegFormer
+    (["--num-samples", "0"], "--num-samples"),
+    (["--gpus-per-trial", "-1"], "--gpus-per-trial"),
+    (["--workers-per-trial", "2", "--gpus-per-trial", "0.5"], "--gpus-per-trial"),
+    (["--preset", "search", "--data-root", "/nonexistent/data"], "--data-root"),
+    (["--resume"], "--resume"),
+])
+def test_bad_study_options(args: list[str], option: str, toy_root: Path, tmp_path: Path, capsys) -> None:
+    base = ["--data-root", str(toy_root), "--storage", str(tmp_path / "st"), "--no-report"]
+    code = main_guard("study.run", __import__("study.run", fromlist=["main"]).main, base + args)
+    err = capsys.readouterr().err
+    assert code == 2 and option in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "st").exists() or not any((tmp_path / "st").iterdir())
+
+
+def test_storage_that_is_not_writable(toy_root: Path, tmp_path: Path, capsys) -> None:
+    from study import run
+
+    (tmp_path / "file").write_text("not a folder")
+    code = main_guard("study.run", run.main, ["--data-root", str(toy_root), "--storage", str(tmp_path / "file" / "st")])
+    assert code == 2 and "--storage" in capsys.readouterr().err
+
+
+def test_more_gpus_than_the_cluster_has(ray_cluster: str, toy_root: Path, cache_dir: Path, tmp_path: Path, capsys) -> None:
+    from study import run
+
+    code = main_guard("study.run", run.main, ["--data-root", str(toy_root), "--storage", str(tmp_path / "st"),
+                                               "--gpus-per-trial", "1", "--cache-dir", str(cache_dir)])
+    err = capsys.readouterr().err
+    assert code == 2 and "--gpus-per-trial" in err and "0 GPUs" in err
+    assert not (tmp_path / "st" / "demo").exists()
+
+
+def test_existing_experiment_is_refused_and_kept(tmp_path: Path, toy_root: Path, capsys) -> None:
+    from study import run
+
+    experiment = tmp_path / "st" / "demo"
+    experiment.mkdir(parents=True)
+    (experiment / "summary.csv").write_text("precious\n")
+    code = main_guard("study.run", run.main, ["--data-root", str(toy_root), "--storage", str(tmp_path / "st")])
+    assert code == 2 and "--resume" in capsys.readouterr().err
+    assert (experiment / "summary.csv").read_text() == "precious\n"
+
+
+def test_truncated_checkpoint_gives_a_clear_error(toy_root: Path, cache_dir: Path, tmp_path: Path, capsys) -> None:
+    from study import train
+
+    args = ["--no-progress", "--dataset", "pets", "--data-root", str(toy_root), "--epochs", "2", "--batch-size", "16",
+            "--image-size", "32", "--out", str(tmp_path / "run")]
+    assert main_guard("study.train", train.main, args) == 0
+    last = tmp_path / "run" / "last.pt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    code = main_guard("study.train", train.main, [*args, "--epochs", "4", "--resume"])
+    err = capsys.readouterr().err
+    assert code == 2 and str(last) in err and "truncated" in err
+
+
+def test_analysis_bad_options(tmp_path: Path, capsys) -> None:
+    from analysis import evaluate, report
+
+    assert main_guard("analysis.report", report.main, ["--experiment", str(tmp_path / "none")]) == 2
+    assert "--experiment" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main_guard("analysis.report", report.main, ["--experiment", str(tmp_path / "empty")]) == 2
+    assert "no Ray Tune trials" in capsys.readouterr().err
+    assert main_guard("analysis.evaluate", evaluate.main, ["--checkpoint", str(tmp_path / "x.pt"), "--dataset", "pets",
+                                                           "--data-root", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "x.pt" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    assert main_guard("analysis.evaluate", evaluate.main, ["--checkpoint", "c", "--dataset", "mnist",
+                                                           "--data-root", ".", "--out", "o"]) == 2
+    assert "--dataset" in capsys.readouterr().err
+
+
+def test_every_torch_load_is_weights_only() -> None:
+    offenders = []
+    for path in REPO.rglob("*.py"):
+        if ".venv" in path.parts:
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            if "torch.load(" in line and "weights_only=True" not in line:
+                offenders.append(f"{path.relative_to(REPO)}:{number}")
+    assert not offenders
+
+
+def test_ray_token_authentication_is_never_turned_off() -> None:
+    for path in REPO.rglob("*"):  # the project's code, configs and scripts (tests may name the setting to check it)
+        skip = {".venv", ".git", "tests"} & set(path.relative_to(REPO).parts)
+        if skip or not path.is_file() or path.suffix not in {".py", ".yaml", ".yml", ".sh", ""}:
+            continue
+        text = path.read_text(errors="ignore")
+        assert "RAY_AUTH_MODE=disabled" not in text and "auth_mode: disabled" not in text, path
