@@ -1,0 +1,374 @@
+"""Every GPU measurement of issue 6 in one prepared run (under 4 minutes on one H100/H200).
+
+    python benchmarks/gpu.py --out benchmarks/results/gpu-<device>.json [--data-root R]
+    python benchmarks/gpu.py --device cpu --quick --out /tmp/gpu-dry.json   # the code paths, no GPU, ~1 min
+
+Uses only torch / torchvision / transformers and this repo's Ray-free modules (study.data,
+study.loop, study.metrics, study.config, segmodels, benchmarks.throughput): the GPU machine has
+no Ray and no Optuna. Without ``--data-root`` it writes Pets-like toy data in the real layout
+(``study.data.toy`` scenes, upscaled to the genuine images' 290-510 px sides so that decoding costs
+what it does on real photos). All timings are ratios measured side by side in this one run:
+
+(a) segstudy epoch throughput vs the compute-only bound (same model's forward + backward + AdamW
+    step on random tensors already on the GPU, same batch): target >= 0.8.
+(b) segstudy vs the naive torchvision pipeline (``benchmarks.throughput``): target >= 5.
+(c) bf16 autocast on vs off through ``study.loop.train``: throughput, and the val mIoU of a short
+    run for two seeds each (the seed-to-seed spread is the noise the difference is judged against).
+(d) N (default 4) single-worker trials at once on one GPU, one process each (what Ray Tune does
+    with ``--gpus-per-trial 0.25``), vs one trial alone: aggregate images/s, target >= 2.5.
+Plus a diagnostic: the loop with its per-step train-metric update switched off (that update
+synchronises the GPU with the host every step).
+
+The JSON (printed, and written to ``--out`` after every part, so a cut-short run keeps what it had)
+names the device, the library versions and every setting. Parts that would start after
+``--budget-s`` are skipped and listed under ``skipped``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as ``python benchmarks/gpu.py`` on a machine where segstudy is not installed
+    sys.path.insert(0, str(REPO))
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from typing import Any  # noqa: E402
+from unittest import mock  # noqa: E402
+
+import torch  # noqa: E402
+
+from benchmarks import throughput as tp  # noqa: E402
+
+log = logging.getLogger("benchmarks.gpu")
+
+TARGETS = {"a_segstudy_vs_compute_bound": 0.8, "b_segstudy_vs_naive": 5.0, "d_shared_vs_alone": 2.5}
+
+
+# ---------------------------------------------------------------- data
+def write_pets_like(root: Path, n_trainval: int, scale: int, seed: int = 0) -> Path:
+    """study.data.toy's Pets layout and scenes, each pair upscaled ``scale`` x (image bilinear, trimap nearest)."""
+    from PIL import Image
+
+    from study.data import toy
+
+    original = toy.pet_pair
+
+    def upscaled(rng: Any) -> tuple[Any, Any]:
+        image, trimap = original(rng)
+        size = (image.width * scale, image.height * scale)
+        return image.resize(size, Image.BILINEAR), trimap.resize(size, Image.NEAREST)
+
+    with mock.patch.object(toy, "pet_pair", upscaled if scale > 1 else original):
+        return toy.write_toy(root, seed=seed, pets=(n_trainval, 4), cityscapes=(0, 0))
+
+
+def load_splits(cfg: Any) -> tuple[Any, Any]:
+    """Train and val splits from the cache (as ``study.train.load_splits``, without its CLI imports)."""
+    from study.data import build_dataset
+
+    return (build_dataset(cfg.dataset, "train", cfg.data_root, cfg.image_size, cache_dir=cfg.cache_dir),
+            build_dataset(cfg.dataset, "val", cfg.data_root, cfg.image_size, cache_dir=cfg.cache_dir))
+
+
+def build_trial_model(cfg: Any, num_classes: int) -> torch.nn.Module:
+    """Seeded, as ``study.train.build_trial_model``."""
+    from segmodels import build_model
+    from study.loop import seed_everything
+
+    seed_everything(cfg.seed)
+    return build_model(cfg.model, num_classes, cfg.init, cfg.pretrained, cfg.variant)
+
+
+# ---------------------------------------------------------------- (c) bf16 on vs off
+def bf16_comparison(data_root: str, cache: str, model: str, device: str, batch_size: int, image_size: Any,
+                    epochs: int, seeds: list[int]) -> dict[str, Any]:
+    from study.config import TrainConfig
+    from study.loop import train
+
+    runs: dict[str, list[dict[str, Any]]] = {"fp32": [], "bf16": []}
+    for seed in seeds:
+        for label in ("fp32", "bf16"):
+            cfg = TrainConfig(dataset="pets", data_root=data_root, model=model, epochs=epochs, batch_size=batch_size,
+                              image_size=image_size, val_every=1, seed=seed, device=device, bf16=label == "bf16",
+                              cache_dir=cache)
+            train_set, val_set = load_splits(cfg)
+            net = build_trial_model(cfg, train_set.num_classes)
+            started = time.perf_counter()
+            result = train(cfg, train_set, val_set, net)
+            timed = result.rows[1:] or result.rows  # epoch 1 (cudnn autotuning, allocator) untimed
+            seconds = sum(len(train_set) / r["images_per_s"] for r in timed)
+            runs[label].append({"seed": seed, "img_s": round(len(train_set) * len(timed) / seconds, 1),
+                                "final_val_miou": round(result.rows[-1]["val_miou"], 4),
+                                "best_val_miou": round(result.best_val_miou, 4),
+                                "final_train_loss": round(result.rows[-1]["train_loss"], 4),
+                                "wall_s": round(time.perf_counter() - started, 2)})
+    mean = {k: statistics.mean(r["final_val_miou"] for r in v) for k, v in runs.items()}
+    speed = {k: statistics.mean(r["img_s"] for r in v) for k, v in runs.items()}
+    same_seed = [abs(a["final_val_miou"] - b["final_val_miou"]) for a, b in zip(runs["fp32"], runs["bf16"])]
+    spread = [max(r["final_val_miou"] for r in v) - min(r["final_val_miou"] for r in v) for v in runs.values()]
+    noise = max(spread) if len(seeds) > 1 else math.nan
+    return {
+        "model": model, "epochs": epochs, "seeds": seeds, "runs": runs,
+        "fp32_img_s": round(speed["fp32"], 1), "bf16_img_s": round(speed["bf16"], 1),
+        "bf16_speedup": round(speed["bf16"] / speed["fp32"], 3),
+        "fp32_val_miou_mean": round(mean["fp32"], 4), "bf16_val_miou_mean": round(mean["bf16"], 4),
+        "val_miou_delta": round(mean["bf16"] - mean["fp32"], 4),
+        "same_seed_abs_delta_max": round(max(same_seed), 4),
+        "seed_spread_max": round(noise, 4) if not math.isnan(noise) else None,
+        # within noise: the bf16 - fp32 difference is no larger than what changing the seed does (floor 0.02)
+        "within_noise": abs(mean["bf16"] - mean["fp32"]) <= max(noise if not math.isnan(noise) else 0, 0.02),
+    }
+
+
+# ---------------------------------------------------------------- (d) several trials on one GPU
+def _share_worker(rank: int, spec: dict[str, Any], barrier: Any, queue: Any) -> None:
+    """One single-worker trial: warm up one epoch, wait for the others, then time ``spec['epochs']`` epochs."""
+    try:
+        torch.set_num_threads(spec["threads"])
+        from study.config import TrainConfig
+        from study.loop import train
+
+        base = TrainConfig(dataset="pets", data_root=spec["data_root"], model=spec["model"], epochs=1,
+                           batch_size=spec["batch_size"], image_size=spec["image_size"], seed=rank,
+                           device=spec["device"], bf16=spec["bf16"], cache_dir=spec["cache"])
+        train_set, val_set = load_splits(base)
+        model = build_trial_model(base, train_set.num_classes)
+        train(base, train_set, val_set, model)  # warm-up: CUDA context, cudnn autotuning, allocator
+        cfg = base.replace(epochs=spec["epochs"], val_every=spec["epochs"])
+        barrier.wait(timeout=spec["barrier_timeout"])
+        started = time.time()
+        result = train(cfg, train_set, val_set, model)
+        ended = time.time()
+        queue.put({"rank": rank, "started": started, "ended": ended, "images": len(train_set) * cfg.epochs,
+                   "loop_img_s_last_epoch": result.rows[-1]["images_per_s"]})
+    except BaseException as exc:  # reported, never hangs the parent
+        queue.put({"rank": rank, "error": f"{type(exc).__name__}: {exc}"})
+        try:
+            barrier.abort()
+        except Exception:
+            pass
+
+
+def run_trials_at_once(n: int, spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    barrier, queue = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_share_worker, args=(rank, spec, barrier, queue), daemon=True) for rank in range(n)]
+    started = time.perf_counter()
+    for p in procs:
+        p.start()
+    reports = []
+    try:
+        for _ in range(n):
+            reports.append(queue.get(timeout=max(1.0, timeout_s - (time.perf_counter() - started))))
+    except Exception as exc:  # queue.Empty: a trial hung
+        reports.append({"rank": -1, "error": f"timed out after {timeout_s:.0f} s ({type(exc).__name__})"})
+    for p in procs:
+        p.join(timeout=10)
+        if p.is_alive():
+            p.terminate()
+            p.join()
+    errors = [r["error"] for r in reports if "error" in r]
+    if errors:
+        return {"trials": n, "error": errors[0]}
+    window = max(r["ended"] for r in reports) - min(r["started"] for r in reports)
+    overlap = min(r["ended"] for r in reports) - max(r["started"] for r in reports)
+    images = sum(r["images"] for r in reports)
+    return {"trials": n, "aggregate_img_s": round(images / window, 1), "window_s": round(window, 2),
+            "all_running_s": round(overlap, 2), "images": images,
+            "per_trial_img_s": [round(r["images"] / (r["ended"] - r["started"]), 1)
+                                for r in sorted(reports, key=lambda r: r["rank"])],
+            "wall_s_with_startup": round(time.perf_counter() - started, 1)}
+
+
+def sharing(spec: dict[str, Any], trials: int, timeout_s: float) -> dict[str, Any]:
+    alone = run_trials_at_once(1, spec, timeout_s)
+    together = run_trials_at_once(trials, spec, timeout_s)
+    out: dict[str, Any] = {"model": spec["model"], "epochs_timed": spec["epochs"], "threads_per_trial": spec["threads"],
+                           "alone": alone, "together": together}
+    if "error" not in alone and "error" not in together:
+        out["shared_vs_alone"] = round(together["aggregate_img_s"] / alone["aggregate_img_s"], 3)
+    return out
+
+
+# ---------------------------------------------------------------- diagnostic
+def without_train_metric(data_root: str, cache: str, model: str, device: str, batch_size: int, image_size: Any,
+                         epochs: int) -> dict[str, Any]:
+    """The loop as is, then with ``SegMetric.update`` a no-op: what the per-step metric update costs."""
+    from study.config import TrainConfig
+    from study.metrics import SegMetric
+
+    cfg = TrainConfig(dataset="pets", data_root=data_root, model=model, epochs=1 + epochs, batch_size=batch_size,
+                      image_size=image_size, device=device, cache_dir=cache)
+    train_set, val_set = load_splits(cfg)
+    with_metric = tp.run_segstudy(cfg, train_set, val_set, tp.fresh_model(model, train_set.num_classes, 0), 1)
+    with mock.patch.object(SegMetric, "update", lambda self, *a, **k: None):
+        no_metric = tp.run_segstudy(cfg, train_set, val_set, tp.fresh_model(model, train_set.num_classes, 0), 1)
+    return {"model": model, "segstudy_img_s": round(with_metric["img_s"], 1),
+            "segstudy_no_train_metric_img_s": round(no_metric["img_s"], 1),
+            "metric_update_cost_share": round(1 - with_metric["img_s"] / no_metric["img_s"], 3)}
+
+
+# ---------------------------------------------------------------- driver
+class Report:
+    def __init__(self, out: str | None, base: dict[str, Any], budget_s: float) -> None:
+        self.out, self.data, self.budget_s = out, base, budget_s
+        self.started = time.perf_counter()
+        self.data.setdefault("skipped", [])
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def part(self, key: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run one measurement unless the time budget is spent; record it (or its error) and save."""
+        if self.elapsed() > self.budget_s:
+            log.warning("skipping %s: %.0f s spent of the %.0f s budget", key, self.elapsed(), self.budget_s)
+            self.data["skipped"].append(key)
+            return None
+        log.info("[%5.1f s] %s", self.elapsed(), key)
+        t0 = time.perf_counter()
+        try:
+            value = fn(*args, **kwargs)
+        except Exception as exc:  # one failed part must not lose the others
+            log.exception("%s failed", key)
+            value = {"error": f"{type(exc).__name__}: {exc}"}
+        if isinstance(value, dict):
+            value["part_s"] = round(time.perf_counter() - t0, 1)
+        section, _, name = key.partition(":")
+        (self.data["results"].setdefault(section, {}).__setitem__(name, value) if name
+         else self.data["results"].__setitem__(section, value))
+        self.save()
+        return value
+
+    def save(self) -> None:
+        self.data["elapsed_s"] = round(self.elapsed(), 1)
+        if self.out:
+            tp.write_json(self.out, self.data)
+
+
+def checks(results: dict[str, Any]) -> dict[str, Any]:
+    """Each target with its measured value and whether it is met (None where not measured)."""
+    out: dict[str, Any] = {}
+    for model, r in (results.get("throughput") or {}).items():
+        if r and "error" not in r:
+            a, target = r.get("segstudy_vs_compute_bound"), TARGETS["a_segstudy_vs_compute_bound"]
+            out[f"a_segstudy_vs_compute_bound[{model}]"] = {"value": a, "target": target,
+                                                              "met": None if a is None else a >= target}
+            out[f"b_segstudy_vs_naive[{model}]"] = {"value": r["ratio"], "target": TARGETS["b_segstudy_vs_naive"],
+                                                     "met": r["ratio"] >= TARGETS["b_segstudy_vs_naive"]}
+    for model, r in (results.get("bf16") or {}).items():
+        if r and "error" not in r:
+            out[f"c_bf16[{model}]"] = {"speedup": r["bf16_speedup"], "val_miou_delta": r["val_miou_delta"],
+                                       "seed_spread": r["seed_spread_max"], "met": r["within_noise"]}
+    share = results.get("sharing")
+    if share and "shared_vs_alone" in share:
+        out["d_shared_vs_alone"] = {"value": share["shared_vs_alone"], "target": TARGETS["d_shared_vs_alone"],
+                                    "met": share["shared_vs_alone"] >= TARGETS["d_shared_vs_alone"]}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python benchmarks/gpu.py", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", help="write the JSON here (after every part)")
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    parser.add_argument("--data-root", help="folder with oxford-iiit-pet/ (default: Pets-like toy data written here)")
+    parser.add_argument("--images", type=int, default=1024, help="toy trainval images to write (90%% train)")
+    parser.add_argument("--toy-scale", type=int, default=4, help="upscale toy pairs to realistic photo sizes")
+    parser.add_argument("--models", default="segformer,fcn_resnet50")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--image-size", default="64")
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per side for (a)/(b)")
+    parser.add_argument("--bf16-epochs", type=int, default=10, help="length of each (c) run")
+    parser.add_argument("--bf16-models", default="segformer,fcn_resnet50")
+    parser.add_argument("--seeds", default="0,1", help="seeds of the (c) runs (two give a noise estimate)")
+    parser.add_argument("--trials", type=int, default=4, help="(d) trials sharing the GPU")
+    parser.add_argument("--share-model", default="segformer")
+    parser.add_argument("--share-epochs", type=int, default=20, help="(d) timed epochs per trial")
+    parser.add_argument("--threads-per-trial", type=int, default=1,
+                        help="torch CPU threads per (d) trial (as Ray sets for --cpus-per-trial 1)")
+    parser.add_argument("--budget-s", type=float, default=170.0,
+                        help="start no part after this many seconds (the last part then ends well within 4 minutes)")
+    parser.add_argument("--quick", action="store_true", help="tiny settings that exercise every code path in about a minute")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no GPU here (use --device cpu --quick to check the code paths)")
+    if args.quick:
+        args.images, args.toy_scale, args.image_size, args.batch_size = 40, 1, "32", 8
+        args.epochs, args.bf16_epochs, args.trials, args.share_epochs = 1, 2, 2, 1
+        args.models = args.bf16_models = "segformer"
+    models = [m for m in args.models.split(",") if m]
+    bf16_models = [m for m in args.bf16_models.split(",") if m]
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+
+    device = torch.device(args.device)
+    machine = tp.machine_info(device)
+    report = Report(args.out, {
+        "benchmark": "gpu",
+        "device_name": machine.get("gpu_name") or f"CPU: {machine['cpu_model']} (dry run, not a GPU measurement)",
+        "targets": TARGETS,
+        "results": {},
+        "settings": {k: v for k, v in vars(args).items() if k != "out"},
+        "machine": machine,
+        "versions": tp.library_versions(),
+        "load_average_before": tp.load_average(),
+        "measured_at": tp.now_utc(),
+    }, args.budget_s)
+
+    with tempfile.TemporaryDirectory(prefix="segstudy-gpu-bench-") as tmp:
+        data_root = args.data_root
+        if not data_root:
+            t0 = time.perf_counter()
+            data_root = str(write_pets_like(Path(tmp) / "data", args.images, args.toy_scale))
+            report.data["settings"]["toy_data_write_s"] = round(time.perf_counter() - t0, 1)
+        cache = str(Path(tmp) / "cache")
+        from study.data import build_dataset
+
+        t0 = time.perf_counter()
+        train_set = build_dataset("pets", "train", data_root, args.image_size, cache_dir=cache)
+        build_dataset("pets", "val", data_root, args.image_size, cache_dir=cache)
+        report.data["settings"].update(train_images=len(train_set), cache_first_decode_s=round(time.perf_counter() - t0, 2))
+        del train_set
+
+        common = dict(device=args.device, batch_size=args.batch_size, image_size=args.image_size)
+        spec = {"data_root": data_root, "cache": cache, "model": args.share_model, "epochs": args.share_epochs,
+                "threads": args.threads_per_trial, "bf16": False, "barrier_timeout": 120,
+                "device": args.device, "batch_size": args.batch_size, "image_size": args.image_size}
+        # most important first: the budget may skip the tail
+        first, rest = models[:1], models[1:]
+        for model in first:
+            report.part(f"throughput:{model}", tp.measure, data_root, model, epochs=args.epochs, warmup=1,
+                        compute_bound=True, cache_dir=cache, **common)
+        for model in bf16_models[:1]:
+            report.part(f"bf16:{model}", bf16_comparison, data_root, cache, model, epochs=args.bf16_epochs,
+                        seeds=seeds, **common)
+        report.part("sharing", sharing, spec, args.trials, timeout_s=150)
+        for model in rest:
+            report.part(f"throughput:{model}", tp.measure, data_root, model, epochs=args.epochs, warmup=1,
+                        compute_bound=True, cache_dir=cache, **common)
+        for model in bf16_models[1:]:
+            report.part(f"bf16:{model}", bf16_comparison, data_root, cache, model, epochs=args.bf16_epochs,
+                        seeds=seeds, **common)
+        report.part("diagnostics", without_train_metric, data_root, cache, models[0], epochs=args.epochs, **common)
+
+    report.data["checks"] = checks(report.data["results"])
+    report.data["ray_imported"] = sys.modules.get("ray") is not None  # must stay False: the GPU machine has no Ray
+    report.data["load_average_after"] = tp.load_average()
+    report.save()
+    print(json.dumps(report.data, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
