@@ -4,6 +4,8 @@ Toy data in the real layouts, 32x32 images, 6 epochs, 8 trials (the first six: o
 ImageNet weights for FCN are not available, so the demo pretrains both encoders on (toy) Cityscapes.
 """
 
+from search_spaces.search import PRESET as SEARCH
+
 PRESET = {
     "dataset": "pets",
     "data_root": "data/toy",
@@ -17,12 +19,7 @@ PRESET = {
     "grace_period": 2,
     "reduction_factor": 2,
     "searcher": "optuna",
-    "space": {
-        "model": ("choice", ["fcn_resnet50", "segformer"]),
-        "init": ("choice", ["scratch", "finetune", "freeze"]),
-        "lr": ("loguniform", 1e-4, 3e-3),
-        "gamma": ("uniform", 0.90, 0.999),
-    },
+    "space": dict(SEARCH["space"]),  # the search preset's space, at toy size
     # Optuna starts from one trial per (model, init) so the demo shows every strategy; TPE proposes the rest.
     "points": [{"model": m, "init": i, "lr": 1e-3, "gamma": 0.98}
                for m in ("segformer", "fcn_resnet50") for i in ("scratch", "finetune", "freeze")],
