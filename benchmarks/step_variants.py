@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--repeats", type=int, default=3, help="rounds over the variants, alternating their order")
     parser.add_argument("--out", help="also write the JSON here")
+    parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SHARE",
+                        help="before each repeat wait until other processes use < SHARE of the CPUs (e.g. 0.1)")
+    parser.add_argument("--wait-max", type=float, default=600.0, help="seconds to wait for quiet at most")
     parser.add_argument("--quick", action="store_true", help="batch 8 at 32x32, 2 steps")
     args = parser.parse_args(argv)
     if args.quick:
@@ -91,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--variants: unknown {', '.join(unknown)} (expected {', '.join(VARIANTS)})")
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     for repeat in range(args.repeats):  # every other repeat in reverse order, so no variant always goes first
+        if args.wait_quiet:
+            tp.wait_for_quiet(args.wait_quiet, args.wait_max)
         for v in (variants if repeat % 2 == 0 else variants[::-1]):
             runs[v].append(time_variant(args.model, v, device, args.batch_size, size, args.steps))
     results = {v: {"median_step_s": round(statistics.median(r["median_step_s"] for r in rs), 4),
