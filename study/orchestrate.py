@@ -88,11 +88,10 @@ def prepare_data(settings: StudySettings) -> None:
         write_toy(root)
     for split in ("train", "val"):
         build_dataset(settings.dataset, split, root, settings.image_size, cache_dir=settings.cache_dir)
-    for model in models_to_pretrain(settings):
+    if models_to_pretrain(settings):  # one pretraining dataset, whichever models use it
         for split in ("train", "val"):
             build_dataset(settings.pretrain["dataset"], split, root, settings.pretrain["image_size"],
                           cache_dir=settings.cache_dir)
-        break
 
 
 def trial_arms(settings: StudySettings) -> set[tuple[str, str]]:
