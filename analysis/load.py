@@ -14,7 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 from study.errors import DataError
-from study.results import STUDY_FILE, best_checkpoint, train_run_name
+from study import storage
+from study.results import CHECKPOINT_FILE, STUDY_FILE, SUMMARY_FILE, TRAIN_RUNS, best_checkpoint, train_run_name
 
 METRICS = ("train_loss", "train_miou", "val_loss", "val_miou")
 STRATEGY_ORDER = ("scratch", "fine-tune", "fine-tune lr/2", "freeze")
@@ -37,7 +38,7 @@ def load_experiment(experiment: str | Path) -> pd.DataFrame:
     if not trial_dirs:
         raise DataError(f"--experiment {experiment}: no Ray Tune trials (trial_*/params.json) or study.train run there")
     settings = study_settings(experiment)
-    finished = (experiment / "summary.csv").is_file()
+    finished = (experiment / SUMMARY_FILE).is_file()
     frames = []
     for trial_dir in trial_dirs:
         config = json.loads((trial_dir / "params.json").read_text())
@@ -114,6 +115,24 @@ def best_per_strategy(df: pd.DataFrame, model: str) -> dict[str, str]:
     """For one model: strategy -> the trial id with the highest best val mIoU."""
     table = trial_table(df[df["model"] == model])
     return {s: g.iloc[0]["trial_id"] for s, g in table.groupby("strategy", sort=False)}
+
+
+def mirror_experiment(uri: str, local: str | Path) -> Path:
+    """A local copy of a study on object storage, for reading like any study folder.
+
+    Copies every file except model weights, then the weights of each Train run's best checkpoint
+    (within the epochs Tune saw), the only ones the report evaluates: a study keeps up to three
+    checkpoints per trial, and FCN ResNet-50's with optimizer state are hundreds of MB each.
+    """
+    local = Path(local)
+    storage.download(uri, local, skip=lambda rel: rel.rsplit("/", 1)[-1] == CHECKPOINT_FILE)
+    for run_dir in sorted(p for p in (local / TRAIN_RUNS).glob("*") if p.is_dir()):
+        trial_dir = local / f"trial_{run_dir.name.removeprefix('trial-')}"
+        epochs = [row["epoch"] for row in _json_lines(trial_dir / "result.json") if "epoch" in row]
+        best = best_checkpoint(run_dir, max_epoch=max(epochs) if epochs else None, with_weights=False)
+        if best is not None:
+            storage.download(storage.join(uri, Path(best).relative_to(local).as_posix()), best)
+    return local
 
 
 def _json_lines(path: Path) -> list[dict]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,9 @@ import pandas as pd
 
 from analysis import figures as fig
 from analysis.evaluate import evaluate_checkpoint
-from analysis.load import MODEL_LABEL, best_per_strategy, load_experiment, study_settings, trial_table
+from analysis.load import (MODEL_LABEL, best_per_strategy, load_experiment, mirror_experiment, study_settings,
+                           trial_table)
+from study import storage
 from study.cli import OneLineParser, main_guard
 from study.data import build_dataset
 from study.data.transforms import denormalize, normalize
@@ -34,9 +37,24 @@ SAMPLE_SIZES = {"pets": "128", "cityscapes": "128x256"}
 
 def write_report(experiment: str | Path, data_root: str | Path | None = None, out: str | Path | None = None,
                  cache_dir: str | None = None, device: str = "auto", overwrite: bool = True) -> Path:
-    """Write every figure, its CSV and ``report.md`` into ``out`` (default ``experiment/report``)."""
+    """Write every figure, its CSV and ``report.md`` into ``out`` (default ``experiment/report``).
+
+    ``experiment`` may be on object storage (``s3://...``): it is then mirrored into a temporary
+    folder first (``analysis.load.mirror_experiment``) and ``out`` must be a local folder.
+    """
+    if storage.is_remote(experiment):
+        if out is None:
+            raise ConfigError(f"--out: required when --experiment is a storage URI ({storage.display(experiment)})")
+        with tempfile.TemporaryDirectory(prefix="segstudy-mirror-") as tmp:
+            local = mirror_experiment(str(experiment), Path(tmp) / Path(storage.display(experiment)).name)
+            return _write_report(local, data_root, Path(out), cache_dir, device, overwrite, source=str(experiment))
     experiment = Path(experiment)
-    out = Path(out) if out else experiment / "report"
+    return _write_report(experiment, data_root, Path(out) if out else experiment / "report", cache_dir, device,
+                         overwrite, source=str(experiment))
+
+
+def _write_report(experiment: Path, data_root: str | Path | None, out: Path, cache_dir: str | None, device: str,
+                  overwrite: bool, source: str) -> Path:
     if (out / "report.md").exists() and not overwrite:
         raise ConfigError(f"--out {out}: already holds report.md; choose another --out or pass --overwrite")
     df = load_experiment(experiment)
@@ -110,8 +128,11 @@ def write_report(experiment: str | Path, data_root: str | Path | None = None, ou
     else:
         notes.append("No hyperparameter importance: fewer than 3 trials with scores, or no varied hyperparameter.")
 
+    if source != str(experiment):  # a mirror: name the checkpoints where they really are
+        table["best_checkpoint"] = [storage.join(source, Path(p).relative_to(experiment).as_posix()) if p else ""
+                                    for p in table["best_checkpoint"]]
     table.to_csv(out / "trials.csv", index=False)
-    atomic_write_text(out / "report.md", render_markdown(experiment, settings, table, figures, notes, out))
+    atomic_write_text(out / "report.md", render_markdown(storage.display(source), settings, table, figures, notes, out))
     log.info("report written to %s", out / "report.md")
     return out / "report.md"
 
@@ -144,11 +165,11 @@ def hyperparameter_importance(table: pd.DataFrame) -> dict[str, float]:
         return {}
 
 
-def render_markdown(experiment: Path, settings: dict, table: pd.DataFrame, figures: list[tuple[Path, str]],
+def render_markdown(experiment: str, settings: dict, table: pd.DataFrame, figures: list[tuple[Path, str]],
                     notes: list[str], out: Path) -> str:
     best = table.iloc[0]
     lines = [
-        f"# segstudy report: {experiment.name}",
+        f"# segstudy report: {experiment.rstrip('/').rsplit('/', 1)[-1]}",
         "",
         f"Preset `{settings.get('preset', '?')}` on `{settings.get('dataset', 'pets')}` "
         f"({settings.get('epochs', '?')} epochs, batch {settings.get('batch_size', '?')}, image size "
@@ -188,7 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report in --out")
     args = parser.parse_args(argv)
-    if not Path(args.experiment).is_dir():
+    if storage.is_remote(args.experiment):
+        if not storage.list_files(args.experiment):
+            raise ConfigError(f"--experiment {storage.display(args.experiment)}: nothing stored there")
+    elif not Path(args.experiment).is_dir():
         raise ConfigError(f"--experiment {args.experiment}: not a folder")
     write_report(args.experiment, args.data_root, args.out, args.cache_dir, args.device, overwrite=args.overwrite)
     return 0

@@ -12,7 +12,7 @@ what it does on real photos). All timings are ratios measured side by side in th
 (a) segstudy epoch throughput vs the compute-only bound (same model's forward + backward + AdamW
     step on random tensors already on the GPU, same batch): target >= 0.8.
 (b) segstudy vs the naive torchvision pipeline (``benchmarks.throughput``): target >= 5.
-(c) bf16 autocast on vs off through ``study.loop.train``: throughput, and the val mIoU of a short
+(c) bf16 autocast on vs off through ``study.loop.train`` (``benchmarks.precision``): speed, and the val mIoU of a short
     run for two seeds each (the seed-to-seed spread is the noise the difference is judged against).
 (d) N (default 4) single-worker trials at once on one GPU, one process each (what Ray Tune does
     with ``--gpus-per-trial 0.25``), vs one trial alone: aggregate images/s, target >= 2.5.
@@ -36,9 +36,7 @@ if str(REPO) not in sys.path:  # run as ``python benchmarks/gpu.py`` on a machin
 import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
-import math  # noqa: E402
 import os  # noqa: E402
-import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
@@ -47,6 +45,8 @@ from unittest import mock  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks import throughput as tp  # noqa: E402
+from benchmarks.precision import compare_precision  # noqa: E402
+from study.train import build_trial_model, load_splits  # noqa: E402
 
 log = logging.getLogger("benchmarks.gpu")
 
@@ -71,64 +71,6 @@ def write_pets_like(root: Path, n_trainval: int, scale: int, seed: int = 0) -> P
         return toy.write_toy(root, seed=seed, pets=(n_trainval, 4), cityscapes=(0, 0))
 
 
-def load_splits(cfg: Any) -> tuple[Any, Any]:
-    """Train and val splits from the cache (as ``study.train.load_splits``, without its CLI imports)."""
-    from study.data import build_dataset
-
-    return (build_dataset(cfg.dataset, "train", cfg.data_root, cfg.image_size, cache_dir=cfg.cache_dir),
-            build_dataset(cfg.dataset, "val", cfg.data_root, cfg.image_size, cache_dir=cfg.cache_dir))
-
-
-def build_trial_model(cfg: Any, num_classes: int) -> torch.nn.Module:
-    """Seeded, as ``study.train.build_trial_model``."""
-    from segmodels import build_model
-    from study.loop import seed_everything
-
-    seed_everything(cfg.seed)
-    return build_model(cfg.model, num_classes, cfg.init, cfg.pretrained, cfg.variant)
-
-
-# ---------------------------------------------------------------- (c) bf16 on vs off
-def bf16_comparison(data_root: str, cache: str, model: str, device: str, batch_size: int, image_size: Any,
-                    epochs: int, seeds: list[int]) -> dict[str, Any]:
-    from study.config import TrainConfig
-    from study.loop import train
-
-    runs: dict[str, list[dict[str, Any]]] = {"fp32": [], "bf16": []}
-    for seed in seeds:
-        for label in ("fp32", "bf16"):
-            cfg = TrainConfig(dataset="pets", data_root=data_root, model=model, epochs=epochs, batch_size=batch_size,
-                              image_size=image_size, val_every=1, seed=seed, device=device, bf16=label == "bf16",
-                              cache_dir=cache)
-            train_set, val_set = load_splits(cfg)
-            net = build_trial_model(cfg, train_set.num_classes)
-            started = time.perf_counter()
-            result = train(cfg, train_set, val_set, net)
-            timed = result.rows[1:] or result.rows  # epoch 1 (cudnn autotuning, allocator) untimed
-            seconds = sum(len(train_set) / r["images_per_s"] for r in timed)
-            runs[label].append({"seed": seed, "img_s": round(len(train_set) * len(timed) / seconds, 1),
-                                "final_val_miou": round(result.rows[-1]["val_miou"], 4),
-                                "best_val_miou": round(result.best_val_miou, 4),
-                                "final_train_loss": round(result.rows[-1]["train_loss"], 4),
-                                "wall_s": round(time.perf_counter() - started, 2)})
-    mean = {k: statistics.mean(r["final_val_miou"] for r in v) for k, v in runs.items()}
-    speed = {k: statistics.mean(r["img_s"] for r in v) for k, v in runs.items()}
-    same_seed = [abs(a["final_val_miou"] - b["final_val_miou"]) for a, b in zip(runs["fp32"], runs["bf16"])]
-    spread = [max(r["final_val_miou"] for r in v) - min(r["final_val_miou"] for r in v) for v in runs.values()]
-    noise = max(spread) if len(seeds) > 1 else math.nan
-    return {
-        "model": model, "epochs": epochs, "seeds": seeds, "runs": runs,
-        "fp32_img_s": round(speed["fp32"], 1), "bf16_img_s": round(speed["bf16"], 1),
-        "bf16_speedup": round(speed["bf16"] / speed["fp32"], 3),
-        "fp32_val_miou_mean": round(mean["fp32"], 4), "bf16_val_miou_mean": round(mean["bf16"], 4),
-        "val_miou_delta": round(mean["bf16"] - mean["fp32"], 4),
-        "same_seed_abs_delta_max": round(max(same_seed), 4),
-        "seed_spread_max": round(noise, 4) if not math.isnan(noise) else None,
-        # within noise: the bf16 - fp32 difference is no larger than what changing the seed does (floor 0.02)
-        "within_noise": abs(mean["bf16"] - mean["fp32"]) <= max(noise if not math.isnan(noise) else 0, 0.02),
-    }
-
-
 # ---------------------------------------------------------------- (d) several trials on one GPU
 def _share_worker(rank: int, spec: dict[str, Any], barrier: Any, queue: Any) -> None:
     """One single-worker trial: warm up one epoch, wait for the others, then time ``spec['epochs']`` epochs."""
@@ -139,7 +81,7 @@ def _share_worker(rank: int, spec: dict[str, Any], barrier: Any, queue: Any) -> 
 
         base = TrainConfig(dataset="pets", data_root=spec["data_root"], model=spec["model"], epochs=1,
                            batch_size=spec["batch_size"], image_size=spec["image_size"], seed=rank,
-                           device=spec["device"], bf16=spec["bf16"], cache_dir=spec["cache"])
+                           device=spec["device"], precision=spec["precision"], cache_dir=spec["cache"])
         train_set, val_set = load_splits(base)
         model = build_trial_model(base, train_set.num_classes)
         train(base, train_set, val_set, model)  # warm-up: CUDA context, cudnn autotuning, allocator
@@ -343,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
 
         common = dict(device=args.device, batch_size=args.batch_size, image_size=args.image_size)
         spec = {"data_root": data_root, "cache": cache, "model": args.share_model, "epochs": args.share_epochs,
-                "threads": args.threads_per_trial, "bf16": False, "barrier_timeout": 120,
+                "threads": args.threads_per_trial, "precision": "fp32", "barrier_timeout": 120,
                 "device": args.device, "batch_size": args.batch_size, "image_size": args.image_size}
         # most important first: the budget may skip the tail
         first, rest = models[:1], models[1:]
@@ -351,14 +293,14 @@ def main(argv: list[str] | None = None) -> int:
             report.part(f"throughput:{model}", tp.measure, data_root, model, epochs=args.epochs, warmup=1,
                         compute_bound=True, cache_dir=cache, **common)
         for model in bf16_models[:1]:
-            report.part(f"bf16:{model}", bf16_comparison, data_root, cache, model, epochs=args.bf16_epochs,
+            report.part(f"bf16:{model}", compare_precision, data_root, cache, model, epochs=args.bf16_epochs,
                         seeds=seeds, **common)
         report.part("sharing", sharing, spec, args.trials, timeout_s=150)
         for model in rest:
             report.part(f"throughput:{model}", tp.measure, data_root, model, epochs=args.epochs, warmup=1,
                         compute_bound=True, cache_dir=cache, **common)
         for model in bf16_models[1:]:
-            report.part(f"bf16:{model}", bf16_comparison, data_root, cache, model, epochs=args.bf16_epochs,
+            report.part(f"bf16:{model}", compare_precision, data_root, cache, model, epochs=args.bf16_epochs,
                         seeds=seeds, **common)
         report.part("diagnostics", without_train_metric, data_root, cache, models[0], epochs=args.epochs, **common)
 

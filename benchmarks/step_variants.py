@@ -1,19 +1,19 @@
-"""One training step of the shared loop's recipe under variants the loop does not offer (yet), side by side.
+"""One training step of the shared loop's recipe under precision and memory-format variants, side by side.
 
     python -m benchmarks.step_variants --model segformer [--device cpu] [--steps 6] [--repeats 3]
 
 The step is ``benchmarks.throughput``'s (AdamW amsgrad, summed cross-entropy over valid pixels) on
 random tensors already on the device, batch 64 at 64x64 by default. Variants:
 
-- ``fp32``: as the loop runs today;
-- ``bf16``: ``torch.autocast(dtype=bfloat16)`` on the device, **including the CPU** (the loop enables
-  bf16 on CUDA only); on CPUs with AVX512-BF16 or AMX this is the candidate speed-up for CPU runs;
-- ``channels_last``: model and input in NHWC memory format.
+- ``fp32``: the loop's ``--precision fp32``;
+- ``bf16``: ``torch.autocast(dtype=bfloat16)`` on the device, including the CPU (the loop's
+  ``--precision bf16``, and what ``auto`` picks on CPUs with AVX512-BF16 or AMX);
+- ``channels_last``: model and input in NHWC memory format (the loop does not offer it).
 
 Each variant builds a fresh model (same seed), takes 2 warm-up steps and times ``--steps``; ``--repeats``
 rounds alternate the order. Prints ONE JSON object with the median step time and the speed-up over
-fp32 per variant; it says
-nothing about accuracy (bf16 must also leave the val mIoU unchanged: ``benchmarks/gpu.py`` part (c)).
+fp32 per variant; it says nothing about accuracy (that is ``benchmarks.precision``, and part (c) of
+``benchmarks/gpu.py`` on a GPU).
 """
 
 from __future__ import annotations

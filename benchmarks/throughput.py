@@ -12,7 +12,9 @@ Prints ONE JSON object (and writes it to ``--out`` when given):
   ignoring 255, ExponentialLR per epoch, the running loss and train confusion matrix).
 - ``segstudy_img_s``: the real ``study.loop.train`` on ``study.data.build_dataset``'s cached uint8
   tensors (built first in a fresh temporary cache; that one-off decode is reported as ``cache``).
-- ``ratio`` = segstudy / naive; ``compute_bound_img_s`` (and ``segstudy_vs_compute_bound``) on CUDA,
+- ``ratio`` = segstudy / naive, each side in its own precision (``segstudy_precision``: what
+  ``--precision auto`` picks on this device, bf16 on CPUs with native bf16; ``naive_precision``: fp32,
+  as the textbook pipeline trains; ``--precision fp32`` compares the data paths alone); ``compute_bound_img_s`` (and ``segstudy_vs_compute_bound``) on CUDA,
   or with ``--compute-bound on``: the same model's forward + backward + optimizer step on random
   tensors that already sit on the device.
 
@@ -215,7 +217,7 @@ def make_optimizer(model: nn.Module, lr: float, gamma: float) -> tuple[torch.opt
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                ignore_index: int = 255, bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The loop's step: autocast forward, summed CE / valid pixels, zero_grad, backward, step."""
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16 and x.device.type == "cuda"):
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
         logits = model(x)
     valid = (y != ignore_index).sum()
     loss = F.cross_entropy(logits.float(), y, ignore_index=ignore_index, reduction="sum") / valid.clamp(min=1)
@@ -322,22 +324,27 @@ def limit(dataset: Any, count: int | None) -> Any:
 
 def measure(data_root: str | Path, model_name: str = "segformer", device: str = "cpu", batch_size: int = 64,
             image_size: int | str | tuple[int, int] = 64, epochs: int = 4, warmup: int = 1, repeats: int = 1,
-            seed: int = 0, lr: float = 1e-3, gamma: float = 0.98, bf16: bool = False,
-            compute_bound: bool | None = None, max_images: int | None = None,
+            seed: int = 0, lr: float = 1e-3, gamma: float = 0.98, precision: str = "auto",
+            naive_precision: str = "fp32", compute_bound: bool | None = None, max_images: int | None = None,
             cache_dir: str | Path | None = None, wait_quiet: float = 0.0, wait_max_s: float = 600.0) -> dict[str, Any]:
     """Run both pipelines (``repeats`` times, alternating) and return the JSON-ready result.
 
     ``wait_quiet`` > 0: before each repeat, wait (at most ``wait_max_s``) until other processes use less
     than that share of the machine's CPU; every side records the share they used while it ran.
+    ``precision`` is the loop's ``--precision`` (auto: what a study would use on this device);
+    ``naive_precision`` the textbook pipeline's (fp32 unless asked).
     """
     from study.config import TrainConfig, parse_image_size
     from study.data import build_dataset
+    from study.loop import resolve_precision
 
     size = parse_image_size(image_size)
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("benchmarks.throughput: --device cuda but torch sees no GPU")
     compute_bound = dev.type == "cuda" if compute_bound is None else compute_bound
+    ours_bf16 = resolve_precision(precision, dev) == "bf16"
+    naive_bf16 = resolve_precision(naive_precision, dev) == "bf16"
     load_before = load_average()
     started = time.perf_counter()
 
@@ -360,7 +367,8 @@ def measure(data_root: str | Path, model_name: str = "segformer", device: str = 
     assert len(naive_set) == len(train_set), (len(naive_set), len(train_set))
 
     cfg = TrainConfig(dataset="pets", data_root=str(data_root), model=model_name, epochs=warmup + epochs,
-                      batch_size=batch_size, lr=lr, gamma=gamma, image_size=size, seed=seed, device=str(dev), bf16=bf16)
+                      batch_size=batch_size, lr=lr, gamma=gamma, image_size=size, seed=seed, device=str(dev),
+                      precision=precision)
     runs: list[dict[str, Any]] = []
     for repeat in range(repeats):
         quiet = wait_for_quiet(wait_quiet, wait_max_s) if wait_quiet else None
@@ -368,7 +376,7 @@ def measure(data_root: str | Path, model_name: str = "segformer", device: str = 
         watch = CpuWatch()
         loader = naive_loader(naive_set, batch_size, dev, seed)
         naive = run_naive(fresh_model(model_name, num_classes, seed), loader, dev, num_classes, warmup, epochs,
-                          lr, gamma, bf16=bf16)
+                          lr, gamma, bf16=naive_bf16)
         del loader  # joins the persistent workers (their CPU time becomes ours) before the other side runs
         gc.collect()
         naive["cpu"] = watch.stop()
@@ -394,11 +402,13 @@ def measure(data_root: str | Path, model_name: str = "segformer", device: str = 
         "ratio_per_repeat": [round(r["ratio"], 3) for r in runs],
         "ratio_median": round(statistics.median(r["ratio"] for r in runs), 3),
         "max_foreign_cpu_share": max_share(runs),
+        "segstudy_precision": "bf16" if ours_bf16 else "fp32",
+        "naive_precision": "bf16" if naive_bf16 else "fp32",
     }
     if compute_bound:
         timed_images = runs[0]["segstudy"]["timed_images"]
         bound = run_compute_bound(fresh_model(model_name, num_classes, seed), dev, batch_size, size, num_classes,
-                                  timed_images, lr=lr, bf16=bf16, seed=seed)
+                                  timed_images, lr=lr, bf16=ours_bf16, seed=seed)
         result["compute_bound_img_s"] = round(bound["img_s"], 2)
         result["segstudy_vs_compute_bound"] = round(segstudy_img_s / bound["img_s"], 3)
         result["compute_bound"] = bound
@@ -409,7 +419,9 @@ def measure(data_root: str | Path, model_name: str = "segformer", device: str = 
         "settings": {"data_root": str(data_root), "split": "train", "train_images": len(train_set),
                      "timed_images_per_side": runs[0]["segstudy"]["timed_images"], "batch_size": batch_size,
                      "image_size": list(size), "epochs_timed": epochs, "warmup_epochs": warmup, "repeats": repeats,
-                     "seed": seed, "lr": lr, "gamma": gamma, "bf16": bf16, "naive_num_workers": NAIVE_WORKERS,
+                     "seed": seed, "lr": lr, "gamma": gamma, "precision": precision,
+                     "segstudy_precision": "bf16" if ours_bf16 else "fp32",
+                     "naive_precision": "bf16" if naive_bf16 else "fp32", "naive_num_workers": NAIVE_WORKERS,
                      "naive_pin_memory": dev.type == "cuda", "init": "scratch"},
         "runs": runs,
         "machine": machine_info(dev),
@@ -453,7 +465,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1, help="untimed epochs per side before timing")
     parser.add_argument("--repeats", type=int, default=1, help="naive/segstudy pairs to run, alternating")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides (CUDA only)")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                        help="the loop's --precision (auto: bf16 on CPUs with native bf16, else fp32)")
+    parser.add_argument("--naive-precision", choices=["fp32", "bf16"], default="fp32",
+                        help="the naive pipeline's autocast (the textbook pipeline trains in fp32)")
     parser.add_argument("--compute-bound", choices=["auto", "on", "off"], default="auto",
                         help="also time the step on random on-device tensors (auto: on CUDA only)")
     parser.add_argument("--max-images", type=int, default=None, help="use only the first N train images")
@@ -475,7 +490,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.data_root:
         parser.error("--data-root is required (or pass --quick)")
     result = measure(args.data_root, args.model, args.device, args.batch_size, args.image_size, args.epochs,
-                     args.warmup, args.repeats, args.seed, bf16=args.bf16,
+                     args.warmup, args.repeats, args.seed, precision=args.precision,
+                     naive_precision=args.naive_precision,
                      compute_bound={"auto": None, "on": True, "off": False}[args.compute_bound],
                      max_images=args.max_images, wait_quiet=args.wait_quiet, wait_max_s=args.wait_max)
     result["command"] = "python -m benchmarks.throughput " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -18,6 +18,7 @@ MODELS = ("fcn_resnet50", "segformer")
 INITS = ("scratch", "finetune", "freeze")
 SEGFORMER_VARIANTS = ("b0", "b1", "b2", "b3", "b4", "b5")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
 SEGFORMER_MIN_SIZE = 32
 
 
@@ -57,7 +58,7 @@ class TrainConfig:
     val_every: int = 2
     seed: int = 0
     device: str = "auto"
-    bf16: bool = False
+    precision: str = "auto"  # autocast dtype; auto: see study.loop.resolve_precision
     cache_dir: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -72,6 +73,7 @@ class TrainConfig:
         _choice("init", self.init, INITS)
         _choice("variant", self.variant, SEGFORMER_VARIANTS)
         _choice("device", self.device, DEVICES)
+        _choice("precision", self.precision, PRECISIONS)
         _number("lr", self.lr, float, lambda v: v > 0 and math.isfinite(v), "a number > 0")
         _number("gamma", self.gamma, float, lambda v: 0 < v <= 1, "a number in (0, 1]")
         _number("epochs", self.epochs, int, lambda v: v >= 1, "an integer >= 1")
@@ -90,6 +92,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
+        if "bf16" in data and "precision" not in data:  # configs saved before --precision replaced --bf16
+            data = {**data, "precision": "bf16" if data["bf16"] else "fp32"}
+            del data["bf16"]
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown configuration key(s): {', '.join(unknown)}")

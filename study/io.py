@@ -14,30 +14,38 @@ import torch
 from segmodels import atomic_torch_save
 from study.errors import DataError
 
-__all__ = ["atomic_torch_save", "atomic_write_text", "write_json", "write_csv", "load_checkpoint"]
+__all__ = ["atomic_torch_save", "atomic_write_bytes", "atomic_write_text", "csv_text", "write_json", "write_csv", "load_checkpoint"]
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as tmp:
+        tmp.write(data)
+    os.replace(tmp.name, path)
+    return path
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as tmp:
-        tmp.write(text)
-    os.replace(tmp.name, path)
-    return path
+    return atomic_write_bytes(path, text.encode())
 
 
 def write_json(path: str | Path, data: Any) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def write_csv(path: str | Path, rows: list[dict[str, Any]], columns: list[str] | tuple[str, ...]) -> Path:
+def csv_text(rows: list[dict[str, Any]], columns: list[str] | tuple[str, ...]) -> str:
     import io
 
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    return atomic_write_text(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def write_csv(path: str | Path, rows: list[dict[str, Any]], columns: list[str] | tuple[str, ...]) -> Path:
+    return atomic_write_text(path, csv_text(rows, columns))
 
 
 def load_checkpoint(path: str | Path, option: str = "--checkpoint") -> dict[str, Any]:

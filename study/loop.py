@@ -9,6 +9,11 @@ device once; flips and normalisation happen there. Under torch.distributed (e.g.
 DDP set up by Ray Train) each rank trains on its own shard of every epoch's
 permutation and the validation confusion matrix is summed over ranks, so every
 rank computes the same mIoU. Callers hook in through ``on_validation``.
+
+Precision: ``auto`` trains under bf16 autocast on CPUs with native bf16 (AVX512-BF16 or
+AMX), where ``benchmarks.precision`` measured training faster with val mIoU unchanged;
+everywhere else, CUDA included until benchmarks/gpu.py part (c) has been run, it trains in
+fp32. Validation is always fp32.
 """
 
 from __future__ import annotations
@@ -61,6 +66,19 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matmuls/convolutions run natively instead of being emulated (slower)."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``fp32`` or ``bf16`` for ``precision`` (auto, fp32, bf16) on ``device``."""
+    if precision != "auto":
+        return precision
+    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -83,9 +101,12 @@ def _shard(order: torch.Tensor, rank: int, world: int) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, num_classes: int, batch_size: int,
-             ignore_index: int = 255, bf16: bool = False,
+             ignore_index: int = 255,
              on_batch: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None) -> tuple[SegMetric, float]:
     """Confusion matrix and mean per-pixel loss over (this rank's shard of) a split, summed over ranks.
+
+    Always in fp32 (as torchvision's reference evaluates), so val and test scores do not depend on
+    the precision a model was trained in.
 
     ``on_batch(indices, logits, targets)`` sees every batch (e.g. to keep probabilities for ROC curves).
     """
@@ -100,13 +121,12 @@ def evaluate(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, num_cl
     for start in range(0, len(indices), batch_size):
         idx = indices[start : start + batch_size].to(device)
         x, y = normalize(images[idx]), masks[idx].long()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
-            logits = model(x)
-        loss_sum += F.cross_entropy(logits.float(), y, ignore_index=ignore_index, reduction="sum")
+        logits = model(x)
+        loss_sum += F.cross_entropy(logits, y, ignore_index=ignore_index, reduction="sum")
         pixels += (y != ignore_index).sum()
         metric.update(logits, y)
         if on_batch is not None:
-            on_batch(idx, logits.float(), y)
+            on_batch(idx, logits, y)
     if world > 1:
         metric.all_reduce()
         torch.distributed.all_reduce(loss_sum)
@@ -130,7 +150,9 @@ def train(cfg: TrainConfig, train_set: SegDataset, val_set: SegDataset, model: n
     device = next(model.parameters()).device
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    bf16 = cfg.bf16 and device.type == "cuda"
+    precision = resolve_precision(cfg.precision, device)
+    bf16 = precision == "bf16"
+    log.info("training on %s in %s (--precision %s)", device, precision, cfg.precision)
     num_classes, ignore_index = train_set.num_classes, train_set.ignore_index
     train_images, train_masks = train_set.images.to(device), train_set.masks.to(device)
     val_images, val_masks = val_set.images.to(device), val_set.masks.to(device)
@@ -158,6 +180,7 @@ def train(cfg: TrainConfig, train_set: SegDataset, val_set: SegDataset, model: n
     for epoch in range(start_epoch, cfg.epochs + 1):
         # ---- train one epoch on this rank's shard ----
         net.train()
+        validates = epoch % cfg.val_every == 0 or epoch == cfg.epochs
         train_metric.reset()
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         pixels = torch.zeros((), dtype=torch.float64, device=device)
@@ -178,7 +201,8 @@ def train(cfg: TrainConfig, train_set: SegDataset, val_set: SegDataset, model: n
             optimizer.step()
             loss_sum += loss.detach() * valid
             pixels += valid
-            train_metric.update(logits.detach(), y)
+            if validates:  # train mIoU is reported with validation only; elsewhere it is wasted work
+                train_metric.update(logits.detach(), y)
             if bar is not None:
                 bar.update(1)
                 if step % 5 == 0:
@@ -188,14 +212,14 @@ def train(cfg: TrainConfig, train_set: SegDataset, val_set: SegDataset, model: n
         seconds = time.perf_counter() - started
         scheduler.step()
 
-        if epoch % cfg.val_every and epoch != cfg.epochs:
+        if not validates:
             continue
         # ---- validate (metrics summed over ranks) ----
         if world > 1:
             train_metric.all_reduce()
             torch.distributed.all_reduce(loss_sum)
             torch.distributed.all_reduce(pixels)
-        val_metric, val_loss = evaluate(net, val_images, val_masks, num_classes, cfg.batch_size, ignore_index, bf16)
+        val_metric, val_loss = evaluate(net, val_images, val_masks, num_classes, cfg.batch_size, ignore_index)
         row = {
             "epoch": epoch,
             "train_loss": float(loss_sum / pixels.clamp(min=1)),

@@ -7,18 +7,21 @@ experiment is never overwritten: a new run into it is refused unless ``--resume`
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from study import storage
 from study.config import TrainConfig
 from study.errors import ConfigError
-from study.io import write_csv, write_json
-from study.results import STUDY_FILE, best_checkpoint, train_run_name, trial_dirname
+from study.io import csv_text
+from study.results import STUDY_FILE, SUMMARY_FILE, TRAIN_RUNS, best_checkpoint, train_run_name, trial_dirname
 from study.run import SUMMARY_COLUMNS, StudySettings
 
 log = logging.getLogger(__name__)
@@ -51,9 +54,10 @@ def run_study(settings: StudySettings) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- checks before Ray starts
 def check_experiment_dir(settings: StudySettings) -> None:
-    if "://" in settings.storage:
-        return  # remote storage: Tune itself checks it
-    storage, experiment = Path(settings.storage), Path(settings.experiment_dir)
+    if storage.is_remote(settings.storage):
+        check_remote_experiment(settings)
+        return
+    storage_dir, experiment = Path(settings.storage), Path(settings.experiment_dir)
     exists = experiment.is_dir() and any(experiment.iterdir())
     if exists and not settings.resume:
         raise ConfigError(f"--name {settings.name}: {experiment} already holds an experiment; pass --resume to continue "
@@ -61,21 +65,38 @@ def check_experiment_dir(settings: StudySettings) -> None:
     if settings.resume and not exists:
         raise ConfigError(f"--resume: nothing to resume in {experiment}")
     try:
-        storage.mkdir(parents=True, exist_ok=True)
-        probe = storage / f".segstudy-write-test-{os.getpid()}"
+        storage_dir.mkdir(parents=True, exist_ok=True)
+        probe = storage_dir / f".segstudy-write-test-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
-        raise ConfigError(f"--storage {storage}: not writable ({exc.strerror})") from None
+        raise ConfigError(f"--storage {storage_dir}: not writable ({exc.strerror})") from None
+
+
+def check_remote_experiment(settings: StudySettings) -> None:
+    """The same refusals for object storage (``s3://...``), plus a write probe with the study's own credentials."""
+    shown = storage.display(settings.experiment_dir)
+    try:
+        exists = bool(storage.list_files(settings.experiment_dir))
+        if exists and not settings.resume:
+            raise ConfigError(f"--name {settings.name}: {shown} already holds an experiment; pass --resume to "
+                              "continue it or choose another --name")
+        if settings.resume and not exists:
+            raise ConfigError(f"--resume: nothing to resume in {shown}")
+        probe = storage.join(settings.storage, f".segstudy-write-test-{os.getpid()}")
+        storage.write_bytes(probe, b"")
+        storage.delete_file(probe)
+    except (OSError, ValueError) as exc:  # pyarrow: unknown scheme, no bucket, no credentials, access denied
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"--storage {storage.display(settings.storage)}: not usable ({message})") from None
 
 
 def record_settings(settings: StudySettings) -> None:
     """Write STORAGE/NAME/study.json once (kept on resume): what the analysis needs to read the study."""
-    if "://" in settings.storage:
-        return
-    path = Path(settings.experiment_dir) / STUDY_FILE
-    if not path.exists():
-        write_json(path, {k: v for k, v in dataclasses.asdict(settings).items() if k != "resume"})
+    target = storage.join(settings.experiment_dir, STUDY_FILE)
+    if not storage.exists(target):
+        data = {k: v for k, v in dataclasses.asdict(settings).items() if k != "resume"}
+        storage.write_bytes(target, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
 def prepare_data(settings: StudySettings) -> None:
@@ -147,16 +168,51 @@ def start_ray(num_cpus: int | None = None) -> bool:
     return True
 
 
+# ``ray up`` leaves the cluster's config on the head node here; it says how far the autoscaler may grow the cluster.
+AUTOSCALER_CONFIG = Path.home() / "ray_bootstrap_config.yaml"
+
+
+def autoscaler_capacity(config_path: str | Path = AUTOSCALER_CONFIG) -> dict[str, float]:
+    """Resources of the largest cluster the autoscaler may grow to: the head's plus each worker type's
+    ``resources`` x its ``max_workers`` (within the cluster's ``max_workers``). Empty without a launcher
+    config (a laptop, a fixed cluster)."""
+    import yaml
+
+    path = Path(config_path)
+    if not path.is_file():
+        return {}
+    config = yaml.safe_load(path.read_text()) or {}
+    nodes_left = int(config.get("max_workers", 1 << 30))
+    capacity: dict[str, float] = {}
+    for name, node_type in (config.get("available_node_types") or {}).items():
+        if name == config.get("head_node_type"):
+            count = 1
+        else:
+            count = min(int(node_type.get("max_workers", 0)), nodes_left)
+            nodes_left -= count
+        for resource, amount in (node_type.get("resources") or {}).items():
+            capacity[resource] = capacity.get(resource, 0) + float(amount) * count
+    return capacity
+
+
 def check_cluster_resources(settings: StudySettings) -> None:
-    """Default and bound --gpus-per-trial by what the cluster has."""
+    """Default and bound --gpus-per-trial by what the cluster has, or may grow to under the autoscaler."""
     import ray
 
-    gpus = ray.cluster_resources().get("GPU", 0)
+    plan_resources(settings, ray.cluster_resources(), autoscaler_capacity())
+
+
+def plan_resources(settings: StudySettings, present: dict[str, float], capacity: dict[str, float]) -> None:
+    """Fill in --gpus-per-trial and --max-concurrent; refuse what the cluster can never give."""
+    gpus = max(present.get("GPU", 0), capacity.get("GPU", 0))
+    cpus = max(present.get("CPU", 0), capacity.get("CPU", 0))
+    if gpus > present.get("GPU", 0):
+        log.info("the cluster has %g GPUs now; the autoscaler may grow it to %g as trials ask for them",
+                 present.get("GPU", 0), gpus)
     if settings.gpus_per_trial is None:
         settings.gpus_per_trial = 1.0 if gpus else 0.0
     if settings.gpus_per_trial > gpus:
         raise ConfigError(f"--gpus-per-trial: {settings.gpus_per_trial} is more than the cluster has ({gpus:g} GPUs)")
-    cpus = ray.cluster_resources().get("CPU", 0)
     if settings.cpus_per_trial > cpus:
         raise ConfigError(f"--cpus-per-trial: {settings.cpus_per_trial:g} is more than the cluster has ({cpus:g} CPUs)")
     if not settings.max_concurrent:
@@ -193,26 +249,33 @@ def pretrain_encoders(settings: StudySettings) -> dict[str, str]:
     if settings.pretrained_segformer:
         sources["segformer"] = settings.pretrained_segformer
     for model in models_to_pretrain(settings):
-        encoder_file = Path(settings.experiment_dir) / "pretrained" / f"{model}_encoder.pt"
-        sources[model] = str(encoder_file)
-        if encoder_file.is_file():
-            log.info("reusing the %s encoder pretrained earlier: %s", model, encoder_file)
+        encoder_uri = storage.join(settings.experiment_dir, "pretrained", f"{model}_encoder.pt")
+        sources[model] = encoder_uri
+        if storage.is_file(encoder_uri):
+            log.info("reusing the %s encoder pretrained earlier: %s", model, storage.display(encoder_uri))
             continue
         p = settings.pretrain
         cfg = TrainConfig(dataset=p["dataset"], data_root=settings.data_root, model=model, init="scratch",
                           epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], gamma=p["gamma"],
                           image_size=p["image_size"], val_every=settings.val_every, seed=settings.seed,
-                          bf16=settings.bf16, cache_dir=settings.cache_dir)
+                          precision=settings.precision, cache_dir=settings.cache_dir)
         log.info("pretraining the %s encoder on %s (%d epochs)", model, p["dataset"], p["epochs"])
         best = run_training(cfg, f"pretrain-{p['dataset']}-{model}", settings.experiment_dir,
                             {**trial_resources(settings), "cpus": max(settings.cpus_per_trial, 1)})
         if best is None:
             raise ConfigError(f"--storage {settings.storage}: the {model} pretraining run left no checkpoint")
-        checkpoint = load_checkpoint(best)
-        net = build_model(model, len(checkpoint["class_names"]), "scratch")
-        net.load_state_dict(checkpoint["model_state"])
-        save_encoder(net, encoder_file)
-        log.info("%s encoder (val mIoU %.3f on %s) saved to %s", model, checkpoint["val_miou"], p["dataset"], encoder_file)
+        with tempfile.TemporaryDirectory(prefix="segstudy-encoder-") as tmp:
+            local_best = storage.download(best, Path(tmp) / "best.pt") if storage.is_remote(best) else best
+            checkpoint = load_checkpoint(local_best)
+            net = build_model(model, len(checkpoint["class_names"]), "scratch")
+            net.load_state_dict(checkpoint["model_state"])
+            if storage.is_remote(encoder_uri):  # every node downloads it (study.train.build_trial_model)
+                save_encoder(net, Path(tmp) / "encoder.pt")
+                storage.upload(Path(tmp) / "encoder.pt", encoder_uri)
+            else:
+                save_encoder(net, encoder_uri)
+        log.info("%s encoder (val mIoU %.3f on %s) saved to %s", model, checkpoint["val_miou"], p["dataset"],
+                 storage.display(encoder_uri))
     return sources
 
 
@@ -277,7 +340,7 @@ def tune_callbacks(settings: StudySettings) -> list:
     # The key only ever comes from the environment; without one (or with WANDB_MODE=offline), runs are written offline.
     mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
     return [WandbLoggerCallback(project="segstudy", group=settings.name, mode=mode, log_config=True,
-                                dir=str(Path(settings.experiment_dir)) if "://" not in settings.storage else None)]
+                                dir=None if storage.is_remote(settings.storage) else settings.experiment_dir)]
 
 
 # ---------------------------------------------------------------- results
@@ -290,8 +353,8 @@ def summarise(settings: StudySettings, results: Any) -> pd.DataFrame:
         has_history = history is not None and "val_miou" in history
         epochs = int(history["epoch"].max()) if has_history else 0
         best_idx = history["val_miou"].idxmax() if has_history and history["val_miou"].notna().any() else None
-        run_dir = Path(settings.experiment_dir) / "train" / train_run_name(trial_id)
-        best = best_checkpoint(run_dir, max_epoch=epochs) if "://" not in settings.storage else None
+        best = best_checkpoint(storage.join(settings.experiment_dir, TRAIN_RUNS, train_run_name(trial_id)),
+                               max_epoch=epochs)
         rows.append({
             "trial_id": trial_id,
             "model": result.config.get("model"),
@@ -307,8 +370,8 @@ def summarise(settings: StudySettings, results: Any) -> pd.DataFrame:
         })
     summary = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
     summary = summary.sort_values("best_val_miou", ascending=False, na_position="last").reset_index(drop=True)
-    if "://" not in settings.storage:
-        write_csv(Path(settings.experiment_dir) / "summary.csv", summary.to_dict("records"), SUMMARY_COLUMNS)
+    storage.write_bytes(storage.join(settings.experiment_dir, SUMMARY_FILE),
+                        csv_text(summary.to_dict("records"), SUMMARY_COLUMNS).encode())
     print_summary(settings, summary)
     return summary
 
@@ -326,14 +389,22 @@ def print_summary(settings: StudySettings, summary: pd.DataFrame) -> None:
                       "yes" if row.stopped_early else ("error" if row.status == "error" else "no"))
     console = Console(width=None if Console().is_terminal else 120)
     console.print(table)
-    console.print(f"results: {settings.experiment_dir} (summary.csv)")
+    console.print(f"results: {storage.display(settings.experiment_dir)} ({SUMMARY_FILE})")
 
 
 def make_report(settings: StudySettings) -> None:
+    """analysis.report into STORAGE/NAME/report (on object storage: written locally, then uploaded)."""
     try:
         from analysis import report
     except ImportError:
         log.info("analysis.report is not available; skipping the report")
         return
-    report.write_report(settings.experiment_dir, settings.data_root, Path(settings.experiment_dir) / "report",
-                        cache_dir=settings.cache_dir)
+    if not storage.is_remote(settings.experiment_dir):
+        report.write_report(settings.experiment_dir, settings.data_root, Path(settings.experiment_dir) / "report",
+                            cache_dir=settings.cache_dir)
+        return
+    with tempfile.TemporaryDirectory(prefix="segstudy-report-") as tmp:
+        report.write_report(settings.experiment_dir, settings.data_root, Path(tmp) / "report",
+                            cache_dir=settings.cache_dir)
+        storage.upload(Path(tmp) / "report", storage.join(settings.experiment_dir, "report"))
+    log.info("report uploaded to %s", storage.display(storage.join(settings.experiment_dir, "report", "report.md")))

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from search_spaces import PRESETS, load_preset
+from study import storage
 from study.cli import OneLineParser, image_size_arg, main_guard
-from study.config import TrainConfig, parse_image_size
+from study.config import PRECISIONS, TrainConfig, parse_image_size
 from study.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class StudySettings:
     pretrain: dict[str, Any] = field(default_factory=dict)
     pretrained_segformer: str | None = None
     pretrained_fcn: str | None = None
-    bf16: bool = False
+    precision: str = "auto"
     cache_dir: str | None = None
     wandb: bool = False
     resume: bool = False
@@ -65,20 +65,21 @@ class StudySettings:
 
     @property
     def experiment_dir(self) -> str:
-        return f"{self.storage.rstrip('/')}/{self.name}"
+        return storage.join(self.storage, self.name)
 
     def trial_base(self, pretrained_by_model: dict[str, str]) -> dict[str, Any]:
         """The TrainConfig fields every trial shares (Tune samples model, init, lr, gamma)."""
         return {"dataset": self.dataset, "data_root": self.data_root, "epochs": self.epochs,
                 "batch_size": self.batch_size, "image_size": list(parse_image_size(self.image_size)),
-                "val_every": self.val_every, "seed": self.seed, "bf16": self.bf16, "cache_dir": self.cache_dir,
-                "pretrained_by_model": pretrained_by_model}
+                "val_every": self.val_every, "seed": self.seed, "precision": self.precision,
+                "cache_dir": self.cache_dir, "pretrained_by_model": pretrained_by_model}
 
     def validate(self) -> None:
         models = {p["model"] for p in self.points} | set(self.space.get("model", ("choice", []))[1])
         for model in sorted(models) or ["fcn_resnet50"]:  # the trial-level ranges, named as options
             TrainConfig(dataset=self.dataset, model=model, epochs=self.epochs, batch_size=self.batch_size,
-                        image_size=self.image_size, val_every=self.val_every, seed=self.seed)
+                        image_size=self.image_size, val_every=self.val_every, seed=self.seed,
+                        precision=self.precision)
         checks = [("num-samples", self.num_samples >= 1, "an integer >= 1"),
                   ("max-concurrent", self.max_concurrent >= 0, "an integer >= 0"),
                   ("cpus-per-trial", self.cpus_per_trial > 0, "a number > 0"),
@@ -112,7 +113,8 @@ def settings_from_args(argv: list[str] | None) -> StudySettings:
     parser.add_argument("--pretrained-segformer", help="SegFormer encoder source (skips the Cityscapes stage)")
     parser.add_argument("--pretrained-fcn", help="FCN ResNet-50 encoder source (default: imagenet)")
     parser.add_argument("--cache-dir", help="decoded-data cache folder on every node")
-    parser.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast on GPU")
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help="autocast dtype (default auto: bf16 on CPUs with native bf16, fp32 elsewhere)")
     parser.add_argument("--wandb", action="store_true", default=None, help="log each trial to Weights & Biases")
     parser.add_argument("--resume", action="store_true", help="continue the experiment STORAGE/NAME")
     parser.add_argument("--no-report", action="store_true", help="skip analysis.report at the end")
@@ -125,9 +127,9 @@ def settings_from_args(argv: list[str] | None) -> StudySettings:
         if key in known and value is not None and key != "preset":
             setattr(settings, key, value)
     settings.report = not args.no_report
-    if settings.data_root and "://" not in settings.data_root:
+    if settings.data_root and not storage.is_remote(settings.data_root):
         settings.data_root = str(Path(settings.data_root).resolve())
-    if "://" not in settings.storage:
+    if not storage.is_remote(settings.storage):
         settings.storage = str(Path(settings.storage).resolve())
     if settings.cache_dir:
         settings.cache_dir = str(Path(settings.cache_dir).resolve())

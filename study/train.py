@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from segmodels import SegModel, build_model
+from study import storage
 from study.cli import OneLineParser, image_size_arg, main_guard
-from study.config import DATASETS, DEVICES, INITS, MODELS, SEGFORMER_VARIANTS, TrainConfig
+from study.config import DATASETS, DEVICES, INITS, MODELS, PRECISIONS, SEGFORMER_VARIANTS, TrainConfig
 from study.data import SegDataset, build_dataset
 from study.errors import ConfigError
 from study.io import atomic_torch_save, load_checkpoint, write_csv, write_json
@@ -37,8 +38,11 @@ def load_splits(cfg: TrainConfig) -> tuple[SegDataset, SegDataset]:
 
 
 def build_trial_model(cfg: TrainConfig, num_classes: int) -> SegModel:
+    pretrained = cfg.pretrained
+    if pretrained and storage.is_remote(pretrained) and cfg.init != "scratch":
+        pretrained = str(storage.local_copy(pretrained, cfg.cache_dir))  # e.g. the study's encoder on s3://
     seed_everything(cfg.seed)
-    return build_model(cfg.model, num_classes, cfg.init, cfg.pretrained, cfg.variant)
+    return build_model(cfg.model, num_classes, cfg.init, pretrained, cfg.variant)
 
 
 def model_checkpoint(cfg: TrainConfig, event: ValidationEvent, class_names: tuple[str, ...]) -> dict[str, Any]:
@@ -116,7 +120,8 @@ def add_trial_options(parser: OneLineParser) -> None:
     parser.add_argument("--val-every", type=int, default=d.val_every)
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--device", choices=DEVICES, default=d.device)
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=d.precision,
+                        help="autocast dtype (auto: bf16 on CPUs with native bf16, fp32 elsewhere)")
     parser.add_argument("--cache-dir", default=None, help="decoded-data cache (default $SEGSTUDY_CACHE or ~/.cache/segstudy)")
     parser.add_argument("--download", action="store_true", help="download Oxford-IIIT Pet if missing (needs internet)")
 
@@ -125,8 +130,8 @@ def config_from_args(args: Any) -> TrainConfig:
     return TrainConfig(
         dataset=args.dataset, data_root=args.data_root, model=args.model, init=args.init, pretrained=args.pretrained,
         variant=args.variant, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, gamma=args.gamma,
-        image_size=args.image_size, val_every=args.val_every, seed=args.seed, device=args.device, bf16=args.bf16,
-        cache_dir=args.cache_dir, extra={"download": True} if args.download else {},
+        image_size=args.image_size, val_every=args.val_every, seed=args.seed, device=args.device,
+        precision=args.precision, cache_dir=args.cache_dir, extra={"download": True} if args.download else {},
     )
 
 

@@ -24,6 +24,7 @@ from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from study import storage
 from study.config import TrainConfig
 from study.io import atomic_torch_save, load_checkpoint, write_csv, write_json
 from study.loop import METRIC_COLUMNS, ValidationEvent, train
@@ -67,21 +68,21 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
 
 
 def run_training(cfg: TrainConfig, run_name: str, experiment_dir: str, resources: dict[str, Any],
-                 callbacks: list | None = None) -> Path | None:
-    """Run one Ray Train run of ``cfg``; returns the path of its best checkpoint file."""
+                 callbacks: list | None = None) -> str | Path | None:
+    """Run one Ray Train run of ``cfg``; returns the path (or storage URI) of its best checkpoint file."""
     workers = int(resources.get("workers", 1))
     gpus = float(resources.get("gpus", 0))
     per_worker = {"CPU": float(resources.get("cpus", 1)) / workers}
     if gpus:
         per_worker["GPU"] = gpus / workers
-    storage = f"{experiment_dir.rstrip('/')}/{TRAIN_RUNS}"
+    runs = storage.join(experiment_dir, TRAIN_RUNS)
     trainer = TorchTrainer(
         train_fn_per_worker,
         train_loop_config={"trial": cfg.to_dict()},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus > 0, resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
             name=run_name,
-            storage_path=storage,
+            storage_path=runs,
             failure_config=FailureConfig(max_failures=int(resources.get("max_failures", 3))),
             checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_miou",
                                                checkpoint_score_order="max"),
@@ -89,9 +90,7 @@ def run_training(cfg: TrainConfig, run_name: str, experiment_dir: str, resources
         ),
     )
     trainer.fit()
-    if "://" in storage:  # remote storage: the best checkpoint is found later, from a synced copy
-        return None
-    return best_checkpoint(Path(storage) / run_name)
+    return best_checkpoint(storage.join(runs, run_name))
 
 
 def trial_driver(config: dict[str, Any], base: dict[str, Any], resources: dict[str, Any], experiment_dir: str) -> None:

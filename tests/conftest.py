@@ -10,6 +10,12 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # fail fast instead of retrying the hub (no internet in CI)
 os.environ.setdefault("WANDB_MODE", "offline")
+# For the local S3 server (tests/test_storage.py), set before any Ray process starts so workers inherit it:
+# moto stores aws-chunked request bodies verbatim, so ask the AWS SDK to checksum only when required.
+os.environ.setdefault("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")  # no credential lookups on a cloud metadata service
+for _name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # moto's convention: fake keys, so requests are signed
+    os.environ.setdefault(_name, "testing")
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_WANDB_KEY = "segstudyfakekey" + "0123456789abcdef" * 2

@@ -42,6 +42,7 @@ def fast(root: Path, out: Path, *extra: str) -> list[str]:
         (["--batch-size", "0"], "--batch-size"),
         (["--image-size", "64xfoo"], "--image-size"),
         (["--image-size", "16"], "--image-size"),
+        (["--precision", "fp16"], "--precision"),
     ],
 )
 def test_bad_options(extra: list[str], names: str, toy_root: Path, tmp_path: Path, capsys) -> None:

@@ -51,3 +51,26 @@ def test_resume_equals_an_uninterrupted_run(toy_root: Path, cache_dir: Path, tmp
 def test_fcn_trains_too(toy_root: Path, cache_dir: Path, tmp_path: Path) -> None:
     result = run_local(small_config(toy_root, model="fcn_resnet50", epochs=2, batch_size=24), tmp_path / "fcn")
     assert len(result.rows) == 1 and 0 <= result.rows[0]["val_miou"] <= 1
+
+
+def test_precision_bf16_autocasts_training_and_validates_in_fp32(toy_root: Path, cache_dir: Path) -> None:
+    from study.loop import resolve_precision, train
+    from study.train import build_trial_model
+
+    cfg = small_config(toy_root, epochs=1, precision="bf16")
+    train_set, val_set = load_splits(cfg)
+    model = build_trial_model(cfg, train_set.num_classes)
+    seen: list[tuple[bool, torch.dtype]] = []
+    first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    first_conv.register_forward_hook(lambda m, i, out: seen.append((m.training, out.dtype)))
+    train(cfg, train_set, val_set, model)
+    assert {dtype for training, dtype in seen if training} == {torch.bfloat16}
+    assert {dtype for training, dtype in seen if not training} == {torch.float32}
+    assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    assert resolve_precision("auto", torch.device("cuda")) == "fp32"  # until the GPU benchmark decides
+
+
+def test_configs_saved_with_the_old_bf16_flag_still_load() -> None:
+    assert TrainConfig.from_dict({"bf16": True}).precision == "bf16"
+    assert TrainConfig.from_dict({"bf16": False}).precision == "fp32"
+    assert TrainConfig().precision == "auto"

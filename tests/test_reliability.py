@@ -5,11 +5,8 @@ Kills happen at known points (a checkpoint on disk), never after a sleep.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path

@@ -10,7 +10,6 @@ scene is sky over buildings over road, with cars and vegetation.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
