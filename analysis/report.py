@@ -47,14 +47,15 @@ def write_report(experiment: str | Path, data_root: str | Path | None = None, ou
             raise ConfigError(f"--out: required when --experiment is a storage URI ({storage.display(experiment)})")
         with tempfile.TemporaryDirectory(prefix="segstudy-mirror-") as tmp:
             local = mirror_experiment(str(experiment), Path(tmp) / Path(storage.display(experiment)).name)
-            return _write_report(local, data_root, Path(out), cache_dir, device, overwrite, source=str(experiment))
+            return _write_report(local, data_root, Path(out), cache_dir, device, overwrite, remote=str(experiment))
     experiment = Path(experiment)
     return _write_report(experiment, data_root, Path(out) if out else experiment / "report", cache_dir, device,
-                         overwrite, source=str(experiment))
+                         overwrite)
 
 
 def _write_report(experiment: Path, data_root: str | Path | None, out: Path, cache_dir: str | None, device: str,
-                  overwrite: bool, source: str) -> Path:
+                  overwrite: bool, remote: str | None = None) -> Path:
+    """``remote``: the URI ``experiment`` is a mirror of (named in the report instead of the mirror)."""
     if (out / "report.md").exists() and not overwrite:
         raise ConfigError(f"--out {out}: already holds report.md; choose another --out or pass --overwrite")
     df = load_experiment(experiment)
@@ -128,11 +129,11 @@ def _write_report(experiment: Path, data_root: str | Path | None, out: Path, cac
     else:
         notes.append("No hyperparameter importance: fewer than 3 trials with scores, or no varied hyperparameter.")
 
-    if source != str(experiment):  # a mirror: name the checkpoints where they really are
-        table["best_checkpoint"] = [storage.join(source, Path(p).relative_to(experiment).as_posix()) if p else ""
+    if remote:  # name the checkpoints where they really are
+        table["best_checkpoint"] = [storage.join(remote, Path(p).relative_to(experiment).as_posix()) if p else ""
                                     for p in table["best_checkpoint"]]
     table.to_csv(out / "trials.csv", index=False)
-    atomic_write_text(out / "report.md", render_markdown(storage.display(source), settings, table, figures, notes, out))
+    atomic_write_text(out / "report.md", render_markdown(storage.display(remote or experiment), settings, table, figures, notes, out))
     log.info("report written to %s", out / "report.md")
     return out / "report.md"
 

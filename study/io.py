@@ -14,7 +14,7 @@ import torch
 from segmodels import atomic_torch_save
 from study.errors import DataError
 
-__all__ = ["atomic_torch_save", "atomic_write_bytes", "atomic_write_text", "csv_text", "write_json", "write_csv", "load_checkpoint"]
+__all__ = ["atomic_torch_save", "atomic_write_bytes", "atomic_write_text", "csv_text", "json_text", "write_json", "write_csv", "load_checkpoint"]
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -30,8 +30,12 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode())
 
 
+def json_text(data: Any) -> str:
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
 def write_json(path: str | Path, data: Any) -> Path:
-    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return atomic_write_text(path, json_text(data))
 
 
 def csv_text(rows: list[dict[str, Any]], columns: list[str] | tuple[str, ...]) -> str:

@@ -7,7 +7,6 @@ experiment is never overwritten: a new run into it is refused unless ``--resume`
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -20,7 +19,7 @@ import pandas as pd
 from study import storage
 from study.config import TrainConfig
 from study.errors import ConfigError
-from study.io import csv_text
+from study.io import csv_text, json_text
 from study.results import STUDY_FILE, SUMMARY_FILE, TRAIN_RUNS, best_checkpoint, train_run_name, trial_dirname
 from study.run import SUMMARY_COLUMNS, StudySettings
 
@@ -96,7 +95,7 @@ def record_settings(settings: StudySettings) -> None:
     target = storage.join(settings.experiment_dir, STUDY_FILE)
     if not storage.exists(target):
         data = {k: v for k, v in dataclasses.asdict(settings).items() if k != "resume"}
-        storage.write_bytes(target, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+        storage.write_bytes(target, json_text(data).encode())
 
 
 def prepare_data(settings: StudySettings) -> None:

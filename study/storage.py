@@ -93,7 +93,9 @@ def upload(local: str | Path, uri: str | Path) -> None:
     files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file())
     for file in files:
         target = uri if file == local else join(uri, file.relative_to(local).as_posix())
-        write_bytes(target, file.read_bytes())
+        fs, path = _resolve(target)
+        with open(file, "rb") as source, fs.open_output_stream(path) as stream:
+            shutil.copyfileobj(source, stream, length=8 * 2**20)
 
 
 def download(uri: str | Path, local: str | Path, skip: Callable[[str], bool] | None = None) -> Path:
