@@ -18,6 +18,7 @@ demo: $(STAMP)
 	$(PY) -m study.run --preset demo --name demo-$$(date +%Y%m%d-%H%M%S)
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -m "not benchmark" tests
 
 clean-venv:

@@ -11,15 +11,16 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from analysis.load import MODEL_LABEL, STRATEGY_COLOURS, STRATEGY_ORDER  # noqa: E402
 
-PANELS = (("train_loss", "train/loss"), ("train_miou", "train/mIoU"), ("val_loss", "val/loss"), ("val_miou", "val/mIoU"))
+PANELS = (("train_loss", "train/loss"), ("train_miou", "train/mIoU"), ("val_loss", "val/loss"),
+          ("val_miou", "val/mIoU"))
 PETS_COLOURS = {"pet": (230, 150, 40), "background": (40, 60, 120), "boundary": (250, 250, 250)}
 IGNORE_COLOUR = (0, 0, 0)
 
@@ -44,8 +45,8 @@ def colorize(mask: np.ndarray, palette: np.ndarray) -> np.ndarray:
 
 
 def _legend(ax: plt.Axes, class_names, palette: np.ndarray, present: set[int] | None = None) -> None:
-    handles = [Patch(facecolor=palette[i] / 255, edgecolor="black", linewidth=0.5, label=name) for i, name in enumerate(class_names)
-               if present is None or i in present]
+    handles = [Patch(facecolor=palette[i] / 255, edgecolor="black", linewidth=0.5, label=name)
+               for i, name in enumerate(class_names) if present is None or i in present]
     ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False)
 
 
@@ -57,12 +58,13 @@ def _save(fig: plt.Figure, stem: Path, data: pd.DataFrame) -> Path:
     return stem.with_suffix(".png")
 
 
-def dataset_samples(images: np.ndarray, masks: np.ndarray, files: list[str], class_names, title: str, stem: Path) -> Path:
+def dataset_samples(images: np.ndarray, masks: np.ndarray, files: list[str], class_names, title: str,
+                    stem: Path) -> Path:
     """Images (N,H,W,3 uint8) beside their label masks (Figs 1-2)."""
     palette = class_palette(class_names)
     aspect = images.shape[1] / images.shape[2]
     fig, axes = plt.subplots(2, len(images), figsize=(2.6 * len(images), 2 * 2.6 * aspect + 0.9), squeeze=False)
-    for k, (image, mask) in enumerate(zip(images, masks)):
+    for k, (image, mask) in enumerate(zip(images, masks, strict=True)):
         axes[0, k].imshow(image)
         axes[0, k].set_title(Path(files[k]).stem, fontsize=7)
         axes[1, k].imshow(colorize(mask, palette), interpolation="nearest")
@@ -79,8 +81,9 @@ def training_curves(df: pd.DataFrame, title: str, stem: Path, label_column: str 
     """train/loss, train/mIoU, val/loss, val/mIoU against epoch, one line per label (Figs 4, 5, 10)."""
     colours = colours or STRATEGY_COLOURS
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
-    order = [s for s in STRATEGY_ORDER if s in set(df[label_column])] + sorted(set(df[label_column]) - set(STRATEGY_ORDER))
-    for ax, (column, name) in zip(axes.flat, PANELS):
+    order = ([s for s in STRATEGY_ORDER if s in set(df[label_column])]
+             + sorted(set(df[label_column]) - set(STRATEGY_ORDER)))
+    for ax, (column, name) in zip(axes.flat, PANELS, strict=True):
         for label in order:
             part = df[df[label_column] == label].sort_values("epoch")
             ax.plot(part["epoch"], part[column], marker="o", markersize=3, label=label, color=colours.get(label))
@@ -102,7 +105,8 @@ def confusion_figure(confusion: np.ndarray, class_names, title: str, stem: Path)
     size = max(4.0, 0.45 * len(class_names) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
     image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(class_names)), class_names, rotation=45 if len(class_names) > 3 else 0, ha="right" if len(class_names) > 3 else "center")
+    ax.set_xticks(range(len(class_names)), class_names, rotation=45 if len(class_names) > 3 else 0,
+                  ha="right" if len(class_names) > 3 else "center")
     ax.set_yticks(range(len(class_names)), class_names)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
@@ -124,7 +128,8 @@ def roc_figure(roc: dict[str, dict], title: str, stem: Path, palette: np.ndarray
             continue
         ax.plot(curve["fpr"], curve["tpr"], color=palette[k] / 255 if palette[k].sum() < 700 else "grey",
                 label=f"{name} (AUC {curve['auc']:.3f})")
-        rows += [{"class": name, "fpr": f, "tpr": t, "auc": curve["auc"]} for f, t in zip(curve["fpr"], curve["tpr"])]
+        rows += [{"class": name, "fpr": f, "tpr": t, "auc": curve["auc"]}
+                 for f, t in zip(curve["fpr"], curve["tpr"], strict=True)]
     ax.plot([0, 1], [0, 1], "k--", linewidth=0.8, label="chance")
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
@@ -145,8 +150,9 @@ def masks_figure(images: np.ndarray, targets: np.ndarray, preds: np.ndarray, fil
         axes[k, 1].imshow(colorize(targets[k], palette), interpolation="nearest")
         axes[k, 2].imshow(colorize(preds[k], palette), interpolation="nearest")
         valid = targets[k] != 255
-        rows.append({"file": files[k], "pixel_accuracy": float((preds[k] == targets[k])[valid].mean()) if valid.any() else None})
-    for ax, name in zip(axes[0], ("image", "ground truth", "prediction")):
+        rows.append({"file": files[k],
+                     "pixel_accuracy": float((preds[k] == targets[k])[valid].mean()) if valid.any() else None})
+    for ax, name in zip(axes[0], ("image", "ground truth", "prediction"), strict=True):
         ax.set_title(name)
     for ax in axes.flat:
         ax.axis("off")
@@ -162,9 +168,10 @@ def hyperparameter_scatter(table: pd.DataFrame, stem: Path) -> Path:
     """lr and gamma against best val mIoU: colour = strategy (as everywhere), marker = model."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for (model, strategy), group in table.groupby(["model", "strategy"]):
-        for ax, column in zip(axes, ("lr", "gamma")):
+        for ax, column in zip(axes, ("lr", "gamma"), strict=True):
             ax.scatter(group[column], group["best_val_miou"], color=STRATEGY_COLOURS.get(strategy, "grey"),
-                       marker=MODEL_MARKERS.get(model, "s"), s=50, label=f"{MODEL_LABEL.get(model, model)} / {strategy}",
+                       marker=MODEL_MARKERS.get(model, "s"), s=50,
+                       label=f"{MODEL_LABEL.get(model, model)} / {strategy}",
                        edgecolors=["black" if s.startswith("stopped") else "none" for s in group["stop_reason"]])
     axes[0].set_xscale("log")
     axes[0].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
@@ -177,7 +184,8 @@ def hyperparameter_scatter(table: pd.DataFrame, stem: Path) -> Path:
                    title="model / strategy\n(black edge: stopped early)")
     fig.suptitle("Hyperparameters against best validation mIoU")
     fig.tight_layout()
-    return _save(fig, stem, table[["trial_id", "model", "init", "strategy", "lr", "gamma", "best_val_miou", "stop_reason"]])
+    return _save(fig, stem,
+                 table[["trial_id", "model", "init", "strategy", "lr", "gamma", "best_val_miou", "stop_reason"]])
 
 
 def asha_stops(table: pd.DataFrame, max_epochs: int, rungs: list[int], stem: Path) -> Path:
@@ -185,7 +193,8 @@ def asha_stops(table: pd.DataFrame, max_epochs: int, rungs: list[int], stem: Pat
     table = table.sort_values("trial_id").reset_index(drop=True)
     colours = [STRATEGY_COLOURS.get(s, "grey") for s in table["strategy"]]
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(table) + 1.5))
-    labels = [f"{t} {MODEL_LABEL.get(m, m)} {s}" for t, m, s in zip(table["trial_id"], table["model"], table["strategy"])]
+    labels = [f"{t} {MODEL_LABEL.get(m, m)} {s}"
+              for t, m, s in zip(table["trial_id"], table["model"], table["strategy"], strict=True)]
     ax.barh(labels, table["epochs"], color=colours)
     for rung in rungs:
         ax.axvline(rung, color="black", linestyle=":", linewidth=0.8)
@@ -205,4 +214,5 @@ def importance_figure(importances: dict[str, float], stem: Path) -> Path:
     ax.barh(names, [importances[n] for n in names], color="tab:purple")
     ax.set_xlabel("importance for best val mIoU (Optuna fANOVA)")
     ax.set_title("Hyperparameter importance")
-    return _save(fig, stem, pd.DataFrame({"hyperparameter": list(importances), "importance": list(importances.values())}))
+    return _save(fig, stem,
+                 pd.DataFrame({"hyperparameter": list(importances), "importance": list(importances.values())}))

@@ -20,11 +20,18 @@ import numpy as np
 import pandas as pd
 
 from analysis import figures as fig
-from analysis.evaluate import evaluate_checkpoint
-from analysis.load import (MODEL_LABEL, best_per_strategy, load_experiment, mirror_experiment, study_settings,
-                           trial_table)
+from analysis.load import (
+    MODEL_LABEL,
+    best_per_strategy,
+    load_experiment,
+    mirror_experiment,
+    study_settings,
+    trial_table,
+)
+from analysis.score import score_checkpoint
 from study import storage
 from study.cli import OneLineParser, main_guard
+from study.config import DEVICES
 from study.data import build_dataset
 from study.data.transforms import denormalize, normalize
 from study.errors import ConfigError, DataError
@@ -70,7 +77,7 @@ def _write_report(experiment: Path, data_root: str | Path | None, out: Path, cac
 
     for name in ("pets", "cityscapes"):  # Figs 1-2
         try:
-            data = build_dataset(name, "train", data_root, SAMPLE_SIZES[name], cache_dir=cache_dir, augment=False)
+            data = build_dataset(name, "train", data_root, SAMPLE_SIZES[name], cache_dir=cache_dir)
         except DataError as exc:
             notes.append(f"No {name} samples: {exc}")
             continue
@@ -107,11 +114,12 @@ def _write_report(experiment: Path, data_root: str | Path | None, out: Path, cac
             continue
         label = f"{MODEL_LABEL.get(model, model)} {best['strategy']}"
         stem = out / "test" / f"{model}_{init}"
-        result = evaluate_checkpoint(best["best_checkpoint"], dataset, data_root, "test", device, cache_dir=cache_dir,
+        result = score_checkpoint(best["best_checkpoint"], dataset, data_root, "test", device, cache_dir=cache_dir,
                                      figures=stem, title=label)
         write_json(stem / "metrics.json", result)
         table.loc[table["trial_id"] == best["trial_id"], "test_miou"] = result["miou"]
-        figures += [(stem / "confusion_matrix.png", f"{label} (trial {best['trial_id']}): row-normalised test confusion matrix."),
+        figures += [(stem / "confusion_matrix.png",
+                     f"{label} (trial {best['trial_id']}): row-normalised test confusion matrix."),
                     (stem / "roc.png", f"{label}: one-vs-rest ROC curves on the test split, AUC per class."),
                     (stem / "predicted_masks.png", f"{label}: predicted masks beside image and ground truth.")]
 
@@ -133,7 +141,8 @@ def _write_report(experiment: Path, data_root: str | Path | None, out: Path, cac
         table["best_checkpoint"] = [storage.join(remote, Path(p).relative_to(experiment).as_posix()) if p else ""
                                     for p in table["best_checkpoint"]]
     table.to_csv(out / "trials.csv", index=False)
-    atomic_write_text(out / "report.md", render_markdown(storage.display(remote or experiment), settings, table, figures, notes, out))
+    markdown = render_markdown(storage.display(remote or experiment), settings, table, figures, notes, out)
+    atomic_write_text(out / "report.md", markdown)
     log.info("report written to %s", out / "report.md")
     return out / "report.md"
 
@@ -160,7 +169,8 @@ def hyperparameter_importance(table: pd.DataFrame) -> dict[str, float]:
         study.add_trial(optuna.trial.create_trial(params=params, distributions={c: distributions[c] for c in varied},
                                                   value=float(row.best_val_miou)))
     try:
-        return dict(optuna.importance.get_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)))
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+        return dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
     except (ValueError, RuntimeError) as exc:
         log.warning("hyperparameter importance failed: %s", exc)
         return {}
@@ -195,7 +205,8 @@ def render_markdown(experiment: str, settings: dict, table: pd.DataFrame, figure
               "## Figures", ""]
     for k, (path, caption) in enumerate(figures, start=1):
         rel = path.relative_to(out)
-        lines += [f"![{caption}]({rel.as_posix()})", "", f"*Figure {k}: {caption}* (data: `{rel.with_suffix('.csv').as_posix()}`)", ""]
+        data = rel.with_suffix(".csv").as_posix()
+        lines += [f"![{caption}]({rel.as_posix()})", "", f"*Figure {k}: {caption}* (data: `{data}`)", ""]
     if notes:
         lines += ["## Notes", ""] + [f"- {note}" for note in notes] + [""]
     return "\n".join(lines)
@@ -203,10 +214,10 @@ def render_markdown(experiment: str, settings: dict, table: pd.DataFrame, figure
 
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="python -m analysis.report", description="Write the report's figures and report.md.")
-    parser.add_argument("--experiment", required=True, help="STORAGE/NAME of a study (or a study.train run folder)")
+    parser.add_argument("--experiment", required=True, help="STORAGE/NAME of a study (or a study.run_trial run folder)")
     parser.add_argument("--data-root", help="dataset root for the test evaluation (default: the study's)")
     parser.add_argument("--out", help="output folder (default: EXPERIMENT/report)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--cache-dir")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report in --out")
     args = parser.parse_args(argv)

@@ -46,7 +46,7 @@ import torch  # noqa: E402
 
 from benchmarks import throughput as tp  # noqa: E402
 from benchmarks.precision import compare_precision  # noqa: E402
-from study.train import build_trial_model, load_splits  # noqa: E402
+from study.trial import build_trial_model, load_splits  # noqa: E402
 
 log = logging.getLogger("benchmarks.gpu")
 
@@ -240,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch CPU threads per (d) trial (as Ray sets for --cpus-per-trial 1)")
     parser.add_argument("--budget-s", type=float, default=170.0,
                         help="start no part after this many seconds (the last part then ends well within 4 minutes)")
-    parser.add_argument("--quick", action="store_true", help="tiny settings that exercise every code path in about a minute")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny settings that exercise every code path in about a minute")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -280,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         train_set = build_dataset("pets", "train", data_root, args.image_size, cache_dir=cache)
         build_dataset("pets", "val", data_root, args.image_size, cache_dir=cache)
-        report.data["settings"].update(train_images=len(train_set), cache_first_decode_s=round(time.perf_counter() - t0, 2))
+        report.data["settings"].update(train_images=len(train_set),
+                                       cache_first_decode_s=round(time.perf_counter() - t0, 2))
         del train_set
 
         common = dict(device=args.device, batch_size=args.batch_size, image_size=args.image_size)

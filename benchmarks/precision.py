@@ -32,7 +32,7 @@ def compare_precision(data_root: str, cache: str, model: str, device: str, batch
                       epochs: int, seeds: list[int]) -> dict[str, Any]:
     from study.config import TrainConfig
     from study.loop import train
-    from study.train import build_trial_model, load_splits
+    from study.trial import build_trial_model, load_splits
 
     runs: dict[str, list[dict[str, Any]]] = {p: [] for p in PRECISIONS}
     for seed in seeds:
@@ -53,7 +53,8 @@ def compare_precision(data_root: str, cache: str, model: str, device: str, batch
                                     "wall_s": round(time.perf_counter() - started, 2)})
     mean = {k: statistics.mean(r["final_val_miou"] for r in v) for k, v in runs.items()}
     speed = {k: statistics.mean(r["img_s"] for r in v) for k, v in runs.items()}
-    same_seed = [abs(a["final_val_miou"] - b["final_val_miou"]) for a, b in zip(runs["fp32"], runs["bf16"])]
+    same_seed = [abs(a["final_val_miou"] - b["final_val_miou"])
+                 for a, b in zip(runs["fp32"], runs["bf16"], strict=True)]
     spread = [max(r["final_val_miou"] for r in v) - min(r["final_val_miou"] for r in v) for v in runs.values()]
     noise = max(spread) if len(seeds) > 1 else math.nan
     return {

@@ -14,9 +14,9 @@ Prints ONE JSON object (and writes it to ``--out`` when given):
   tensors (built first in a fresh temporary cache; that one-off decode is reported as ``cache``).
 - ``ratio`` = segstudy / naive, each side in its own precision (``segstudy_precision``: what
   ``--precision auto`` picks on this device, bf16 on CPUs with native bf16; ``naive_precision``: fp32,
-  as the textbook pipeline trains; ``--precision fp32`` compares the data paths alone); ``compute_bound_img_s`` (and ``segstudy_vs_compute_bound``) on CUDA,
-  or with ``--compute-bound on``: the same model's forward + backward + optimizer step on random
-  tensors that already sit on the device.
+  as the textbook pipeline trains; ``--precision fp32`` compares the data paths alone);
+  ``compute_bound_img_s`` (and ``segstudy_vs_compute_bound``) on CUDA, or with ``--compute-bound on``:
+  the same model's forward + backward + optimizer step on random tensors that already sit on the device.
 
 Both sides train the same model from the same seed on the same images (the ``train`` split), with
 the same batch size; the first ``--warmup`` epochs of each are not timed, and each side times
@@ -275,7 +275,7 @@ def run_segstudy(cfg: Any, train_set: Any, val_set: Any, model: nn.Module, warmu
     cfg = cfg.replace(val_every=1)
     result = train(cfg, train_set, val_set, model)
     images = [len(train_set)] * len(result.rows)
-    seconds = [n / row["images_per_s"] for n, row in zip(images, result.rows)]
+    seconds = [n / row["images_per_s"] for n, row in zip(images, result.rows, strict=True)]
     out = summarise_epochs(seconds, images, warmup)
     out["val_miou_last"] = result.rows[-1]["val_miou"]
     return out
@@ -319,7 +319,7 @@ def limit(dataset: Any, count: int | None) -> Any:
     if not count or count >= len(dataset):
         return dataset
     return SegDataset(dataset.name, dataset.split, dataset.images[:count], dataset.masks[:count],
-                      dataset.files[:count], dataset.class_names, dataset.augment)
+                      dataset.files[:count], dataset.class_names)
 
 
 def measure(data_root: str | Path, model_name: str = "segformer", device: str = "cpu", batch_size: int = 64,

@@ -19,4 +19,5 @@ def load_preset(name: str) -> dict[str, Any]:
     if name not in PRESETS:
         raise ValueError(f"--preset: expected one of {', '.join(PRESETS)}, got {name!r}")
     module = importlib.import_module(f"search_spaces.{name}")
-    return {**module.PRESET, "space": dict(module.PRESET.get("space", {})), "points": list(module.PRESET.get("points", []))}
+    return {**module.PRESET, "space": dict(module.PRESET.get("space", {})),
+            "points": list(module.PRESET.get("points", []))}

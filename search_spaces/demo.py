@@ -1,7 +1,8 @@
 """The ``search`` shape shrunk to toy size: finishes in about 5 minutes on 2 CPUs.
 
-Toy data in the real layouts, 32x32 images, 6 epochs, 8 trials (the first six: one per model and init), ASHA active. Offline, torchvision's
-ImageNet weights for FCN are not available, so the demo pretrains both encoders on (toy) Cityscapes.
+Toy data in the real layouts, 32x32 images, 6 epochs, 8 trials (the first six: one per model and init), ASHA active.
+Offline, torchvision's ImageNet weights for FCN are not available, so the demo pretrains both encoders on (toy)
+Cityscapes.
 """
 
 from search_spaces.search import PRESET as SEARCH

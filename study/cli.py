@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 
-from segmodels import ModelError
 from study.errors import UsageError
 
 
@@ -23,7 +25,7 @@ def main_guard(prog: str, main: Callable[[list[str] | None], int | None], argv: 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return int(main(argv) or 0)
-    except (UsageError, ModelError) as exc:
+    except UsageError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except SystemExit as exc:  # argparse's own errors (already printed as one line) and --help
@@ -31,6 +33,42 @@ def main_guard(prog: str, main: Callable[[list[str] | None], int | None], argv: 
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+
+
+@contextlib.contextmanager
+def native_stderr_diverted(enabled: bool = True) -> Iterator[str | None]:
+    """While active, file descriptor 2 goes to a log file and Python's own stderr stays where it was.
+
+    Native libraries (Ray's C++ core worker in this process) write to fd 2 directly, past Python's
+    logging; a study's console should show its own lines only. Yields the file that receives them.
+    """
+    if not enabled:
+        yield None
+        return
+    fd, path = tempfile.mkstemp(prefix="segstudy-native-", suffix=".err")
+    saved = os.dup(2)
+    python_on_fd2 = sys.stderr is sys.__stderr__  # not so under a test runner's capture: leave that alone
+    previous = sys.stderr
+    if python_on_fd2:
+        stream = os.fdopen(os.dup(saved), "w", buffering=1, encoding=previous.encoding or "utf-8",
+                           errors="backslashreplace")
+        handlers = [h for h in logging.getLogger().handlers
+                    if isinstance(h, logging.StreamHandler) and h.stream is previous]
+        for handler in handlers:
+            handler.setStream(stream)
+        sys.stderr = stream
+    os.dup2(fd, 2)
+    os.close(fd)
+    try:
+        yield path
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        if python_on_fd2:
+            for handler in handlers:
+                handler.setStream(previous)
+            sys.stderr = previous
+            stream.close()
 
 
 def image_size_arg(text: str) -> tuple[int, int]:

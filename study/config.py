@@ -1,4 +1,5 @@
-"""The one source of truth for a trial's hyperparameters and their valid ranges.
+"""The one source of truth for a trial's hyperparameters and their valid ranges, and the one place that
+lists every allowed value (models, inits and SegFormer variants come from ``segmodels``, which builds them).
 
 Defaults are the report's recipe: 30 epochs, batch 64, AdamW(lr 1e-3, amsgrad),
 ExponentialLR(gamma 0.98), validation every 2 epochs, 64x64 images.
@@ -8,17 +9,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from segmodels import INITS, MODELS, SEGFORMER_VARIANTS
 from study.errors import ConfigError
 
+__all__ = ["DATASETS", "DEVICES", "SPLITS", "INITS", "MODELS", "PRECISIONS", "SEGFORMER_VARIANTS", "TRIAL_RUNNERS",
+           "TrainConfig", "parse_image_size"]
+
 DATASETS = ("pets", "cityscapes")
-MODELS = ("fcn_resnet50", "segformer")
-INITS = ("scratch", "finetune", "freeze")
-SEGFORMER_VARIANTS = ("b0", "b1", "b2", "b3", "b4", "b5")
+SPLITS = ("train", "val", "test")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
+TRIAL_RUNNERS = ("auto", "tune", "train")
 SEGFORMER_MIN_SIZE = 32
 
 
@@ -60,7 +64,6 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"  # autocast dtype; auto: see study.loop.resolve_precision
     cache_dir: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.image_size = parse_image_size(self.image_size)
@@ -92,9 +95,6 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
-        if "bf16" in data and "precision" not in data:  # configs saved before --precision replaced --bf16
-            data = {**data, "precision": "bf16" if data["bf16"] else "fp32"}
-            del data["bf16"]
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown configuration key(s): {', '.join(unknown)}")

@@ -1,23 +1,10 @@
-"""User-facing errors: one line, exit code 2, no traceback.
+"""User-facing errors: one line, exit code 2, no traceback (``study.cli.main_guard`` prints them).
 
-Anything the user can fix (a wrong option, a missing or broken file) raises a
-``UsageError`` subclass; the command-line entry points catch it in
-``study.cli.main_guard`` and print exactly one line.
+The one hierarchy lives in ``segmodels.errors`` (the lowest layer, so every layer raises the same
+classes): ``UsageError`` > ``ConfigError`` (an option), ``DataError`` (a data file), ``ModelError``
+(a model or its weights) > ``PretrainedUnavailable``.
 """
 
-from __future__ import annotations
+from segmodels.errors import ConfigError, DataError, ModelError, PretrainedUnavailable, UsageError
 
-
-class UsageError(Exception):
-    """A problem with the user's input; the message names the option or file."""
-
-    exit_code = 2
-
-
-class ConfigError(UsageError):
-    """An option or configuration value is out of range or unknown."""
-
-
-class DataError(UsageError):
-    """A data file is missing, unreadable or not in the expected format."""
-
+__all__ = ["ConfigError", "DataError", "ModelError", "PretrainedUnavailable", "UsageError"]

@@ -1,29 +1,23 @@
-"""Atomic file writes and safe checkpoint reads: nothing saved is ever half-written or overwritten by accident."""
+"""File formats of a run (JSON, CSV, checkpoints): written atomically (``segmodels.files``), read safely."""
 
 from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from segmodels import atomic_torch_save
+from segmodels.files import atomic_torch_save, atomic_write
 from study.errors import DataError
 
-__all__ = ["atomic_torch_save", "atomic_write_bytes", "atomic_write_text", "csv_text", "json_text", "write_json", "write_csv", "load_checkpoint"]
+__all__ = ["atomic_torch_save", "atomic_write_bytes", "atomic_write_text", "csv_text", "json_text", "write_json",
+           "write_csv", "load_checkpoint"]
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as tmp:
-        tmp.write(data)
-    os.replace(tmp.name, path)
-    return path
+    return atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -60,7 +54,8 @@ def load_checkpoint(path: str | Path, option: str = "--checkpoint") -> dict[str,
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise DataError(f"{option} {path}: not a readable checkpoint, truncated or corrupt? ({type(exc).__name__})") from None
+        raise DataError(f"{option} {path}: not a readable checkpoint, truncated or corrupt? "
+                        f"({type(exc).__name__})") from None
     if not isinstance(data, dict) or "model_state" not in data:
         raise DataError(f"{option} {path}: not a segstudy checkpoint (no model_state)")
     return data

@@ -26,17 +26,27 @@ class SegMetric:
 
     @torch.no_grad()
     def update(self, logits_or_pred: torch.Tensor, target: torch.Tensor) -> None:
-        """Add a batch: logits (N, C, H, W) or class indices (N, H, W); target (N, H, W)."""
+        """Add a batch: logits (N, C, H, W) or class indices (N, H, W); target (N, H, W).
+
+        No host-device synchronisation on a GPU (no boolean indexing, no ``.item()``): ignored pixels
+        are counted into a spare bin that is dropped, so the train loop never waits on the metric.
+        """
         pred = logits_or_pred.argmax(dim=1) if logits_or_pred.dim() == target.dim() + 1 else logits_or_pred
         if pred.shape != target.shape:
             raise ValueError(f"prediction shape {tuple(pred.shape)} does not match target {tuple(target.shape)}")
+        n = self.num_classes
+        target = target.to(torch.int64)
         keep = target != self.ignore_index
-        target = target[keep].to(torch.int64)
-        pred = pred[keep].to(torch.int64)
-        if target.numel() and (int(target.max()) >= self.num_classes or int(target.min()) < 0):
-            raise ValueError(f"target holds a class outside 0..{self.num_classes - 1} (and is not {self.ignore_index})")
-        counts = torch.bincount(target * self.num_classes + pred, minlength=self.num_classes**2)
-        self.confusion += counts.reshape(self.num_classes, self.num_classes).to(self.confusion.device)
+        outside = keep & ((target < 0) | (target >= n))
+        if target.device.type == "cpu":
+            if bool(outside.any()):
+                raise ValueError(f"target holds a class outside 0..{n - 1} (and is not {self.ignore_index})")
+        else:
+            torch._assert_async(~outside.any(), f"target holds a class outside 0..{n - 1}")
+        bins = torch.where(keep, target * n + pred.to(torch.int64), n * n).flatten()
+        counts = torch.zeros(n * n + 1, dtype=torch.int64, device=bins.device)
+        counts.index_add_(0, bins, torch.ones_like(bins))
+        self.confusion += counts[: n * n].view(n, n).to(self.confusion.device)
 
     def merge(self, other: SegMetric) -> SegMetric:
         """Add another metric's counts (e.g. gathered from another process)."""

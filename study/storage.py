@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
+
+from segmodels.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -70,16 +72,19 @@ def read_bytes(uri: str | Path) -> bytes:
         return stream.read()
 
 
-def write_bytes(uri: str | Path, data: bytes) -> None:
-    """One object put on object storage (readers see all of it or nothing); atomic rename locally."""
+def _write(uri: str | Path, write: Callable[[BinaryIO], object]) -> None:
+    """The one place that writes a file at a local path or URI: one object put on object storage
+    (readers see all of it or nothing), ``segmodels.files.atomic_write`` locally."""
     if not is_remote(uri):
-        from study.io import atomic_write_bytes
-
-        atomic_write_bytes(uri, data)
+        atomic_write(uri, write)
         return
     fs, path = _resolve(uri)
     with fs.open_output_stream(path) as stream:
-        stream.write(data)
+        write(stream)
+
+
+def write_bytes(uri: str | Path, data: bytes) -> None:
+    _write(uri, lambda stream: stream.write(data))
 
 
 def delete_file(uri: str | Path) -> None:
@@ -88,14 +93,13 @@ def delete_file(uri: str | Path) -> None:
 
 
 def upload(local: str | Path, uri: str | Path) -> None:
-    """Copy a local file, or a folder's files, to ``uri``."""
+    """Copy a local file, or a folder's files, to ``uri`` (a local path or a URI)."""
     local = Path(local)
     files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file())
     for file in files:
         target = uri if file == local else join(uri, file.relative_to(local).as_posix())
-        fs, path = _resolve(target)
-        with open(file, "rb") as source, fs.open_output_stream(path) as stream:
-            shutil.copyfileobj(source, stream, length=8 * 2**20)
+        with open(file, "rb") as source:
+            _write(target, lambda stream, source=source: shutil.copyfileobj(source, stream, length=8 * 2**20))
 
 
 def download(uri: str | Path, local: str | Path, skip: Callable[[str], bool] | None = None) -> Path:
@@ -115,12 +119,9 @@ def download(uri: str | Path, local: str | Path, skip: Callable[[str], bool] | N
 
 
 def _download_file(uri: str | Path, local: Path) -> None:
-    local.parent.mkdir(parents=True, exist_ok=True)
     fs, path = _resolve(uri)
-    with tempfile.NamedTemporaryFile(dir=local.parent, prefix=f".{local.name}.", delete=False) as tmp:
-        with fs.open_input_stream(path) as stream:
-            shutil.copyfileobj(stream, tmp, length=8 * 2**20)
-    Path(tmp.name).replace(local)
+    with fs.open_input_stream(path) as stream:
+        atomic_write(local, lambda f: shutil.copyfileobj(stream, f, length=8 * 2**20))
 
 
 def local_copy(uri: str, cache_dir: str | Path | None = None) -> Path:

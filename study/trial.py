@@ -1,104 +1,104 @@
-"""Ray at the edges: the per-worker training function (Ray Train) and the per-trial driver (Ray Tune).
+"""What every way of running a trial shares, without Ray: its splits, its model, its checkpoint format.
 
-``train_fn_per_worker`` runs the shared loop on each Train worker (DDP via Ray's
-``prepare_model``) and reports every validation with a checkpoint. ``trial_driver`` is
-Tune's function trainable: it starts one ``TorchTrainer`` per trial with
-``TuneReportCallback``, under a run name derived from the trial id, so a restarted
-trial resumes the same Train run from its latest checkpoint.
+``study.run_trial`` (one local trial), both Ray runners (``study.orchestrate.runners``) and the tests
+import these, so a checkpoint written by any of them reads the same everywhere.
 """
 
 from __future__ import annotations
 
 import csv
-import logging
-import os
+import functools
 import tempfile
+import traceback
 from pathlib import Path
 from typing import Any
 
-import ray
-import ray.train
-import ray.train.torch
-import ray.tune
-from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
-from ray.tune.integration.ray_train import TuneReportCallback
-
+from segmodels import SegModel, build_model
 from study import storage
 from study.config import TrainConfig
+from study.data import SegDataset, build_dataset
+from study.errors import UsageError
 from study.io import atomic_torch_save, load_checkpoint, write_csv, write_json
-from study.loop import METRIC_COLUMNS, ValidationEvent, train
-from study.results import CHECKPOINT_FILE, HISTORY_FILE, METRICS_FILE, TRAIN_RUNS, best_checkpoint, train_run_name
-from study.train import build_trial_model, load_splits, model_checkpoint
+from study.layout import CHECKPOINT_FILE, HISTORY_FILE, METRICS_FILE, error_file
+from study.loop import METRIC_COLUMNS, ValidationEvent, seed_everything
 
-log = logging.getLogger(__name__)
-
-
-def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
-    """One Ray Train worker: the shared loop, resumed from the run's latest checkpoint if any."""
-    cfg = TrainConfig.from_dict(loop_config["trial"])
-    rank = ray.train.get_context().get_world_rank()
-    node_id = ray.get_runtime_context().get_node_id()  # recorded with every report: which node trained it
-    train_set, val_set = load_splits(cfg)
-    model = build_trial_model(cfg, train_set.num_classes)
-    resume, history = None, []
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            resume = load_checkpoint(Path(folder) / CHECKPOINT_FILE)
-            with open(Path(folder) / HISTORY_FILE, newline="") as f:
-                history = list(csv.DictReader(f))
-
-    def on_validation(event: ValidationEvent) -> None:
-        metrics = {**event.row, "is_best": event.is_best, "node_id": node_id, "worker_pid": os.getpid()}
-        if rank != 0:
-            ray.train.report(metrics)  # every rank reports (a barrier); only rank 0 saves
-            return
-        history.append(event.row)
-        with tempfile.TemporaryDirectory() as folder:
-            atomic_torch_save({**model_checkpoint(cfg, event, train_set.class_names), **event.checkpoint()},
-                              Path(folder) / CHECKPOINT_FILE)
-            write_json(Path(folder) / METRICS_FILE, metrics)
-            write_csv(Path(folder) / HISTORY_FILE, history, METRIC_COLUMNS)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
-                             checkpoint_dir_name=f"checkpoint_epoch{int(event.row['epoch']):04d}")
-
-    train(cfg, train_set, val_set, model, on_validation=on_validation,
-          wrap_model=ray.train.torch.prepare_model, resume=resume)
+MODEL_FORMAT = "segstudy-model/1"
+# Errors that a retry cannot fix (bad options, bad data, missing weights): a trial that raises one ends at once.
+PERMANENT_ERRORS = (UsageError,)
 
 
-def run_training(cfg: TrainConfig, run_name: str, experiment_dir: str, resources: dict[str, Any],
-                 callbacks: list | None = None) -> str | Path | None:
-    """Run one Ray Train run of ``cfg``; returns the path (or storage URI) of its best checkpoint file."""
-    workers = int(resources.get("workers", 1))
-    gpus = float(resources.get("gpus", 0))
-    per_worker = {"CPU": float(resources.get("cpus", 1)) / workers}
-    if gpus:
-        per_worker["GPU"] = gpus / workers
-    runs = storage.join(experiment_dir, TRAIN_RUNS)
-    trainer = TorchTrainer(
-        train_fn_per_worker,
-        train_loop_config={"trial": cfg.to_dict()},
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus > 0, resources_per_worker=per_worker),
-        run_config=ray.train.RunConfig(
-            name=run_name,
-            storage_path=runs,
-            failure_config=FailureConfig(max_failures=int(resources.get("max_failures", 3))),
-            checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_miou",
-                                               checkpoint_score_order="max"),
-            callbacks=callbacks or [],
-        ),
-    )
-    trainer.fit()
-    return best_checkpoint(storage.join(runs, run_name))
+@functools.lru_cache(maxsize=8)
+def _split(dataset: str, split: str, root: str, size: tuple[int, int], cache_dir: str | None,
+           download: bool) -> SegDataset:
+    return build_dataset(dataset, split, root, size, cache_dir=cache_dir, download=download)
 
 
-def trial_driver(config: dict[str, Any], base: dict[str, Any], resources: dict[str, Any], experiment_dir: str) -> None:
-    """Tune's function trainable: start the trial's TorchTrainer and relay its reports to Tune."""
-    hyper = {key: config[key] for key in ("model", "init", "lr", "gamma")}
+def load_splits(cfg: TrainConfig, download: bool = False) -> tuple[SegDataset, SegDataset]:
+    """Train and val splits of ``cfg.dataset`` (validated and cached on first use).
+
+    Kept in memory for the life of the process: a Ray Tune actor reused for the next trial
+    (``reuse_actors=True``) does not decode or even re-read them.
+    """
+    key = (cfg.dataset, cfg.data_root, tuple(cfg.image_size), cfg.cache_dir)
+    return _split(key[0], "train", *key[1:], download), _split(key[0], "val", *key[1:], False)
+
+
+def build_trial_model(cfg: TrainConfig, num_classes: int) -> SegModel:
+    pretrained = cfg.pretrained
+    if pretrained and storage.is_remote(pretrained) and cfg.init != "scratch":
+        pretrained = str(storage.local_copy(pretrained, cfg.cache_dir))  # e.g. the study's encoder on s3://
+    seed_everything(cfg.seed)
+    return build_model(cfg.model, num_classes, cfg.init, pretrained, cfg.variant)
+
+
+def model_checkpoint(cfg: TrainConfig, event: ValidationEvent, class_names: tuple[str, ...]) -> dict[str, Any]:
+    """What ``best.pt`` holds: enough to rebuild and evaluate the model without the run folder."""
+    return {
+        "format": MODEL_FORMAT,
+        "config": cfg.to_dict(),
+        "class_names": list(class_names),
+        "epoch": event.row["epoch"],
+        "val_miou": event.row["val_miou"],
+        "model_state": {k: v.detach().cpu() for k, v in event.model.state_dict().items()},
+    }
+
+
+def write_checkpoint_dir(folder: str | Path, cfg: TrainConfig, event: ValidationEvent, class_names: tuple[str, ...],
+                         metrics: dict[str, Any], history: list[dict[str, Any]]) -> Path:
+    """A Ray checkpoint folder: ``checkpoint.pt`` (model + resumable state), ``metrics.json``, ``history.csv``."""
+    folder = Path(folder)
+    atomic_torch_save({**model_checkpoint(cfg, event, class_names), **event.checkpoint()}, folder / CHECKPOINT_FILE)
+    write_json(folder / METRICS_FILE, metrics)
+    write_csv(folder / HISTORY_FILE, history, METRIC_COLUMNS)
+    return folder
+
+
+def read_checkpoint_dir(folder: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(resumable state, validation history) from a folder written by ``write_checkpoint_dir``."""
+    folder = Path(folder)
+    with open(folder / HISTORY_FILE, newline="") as f:
+        history = list(csv.DictReader(f))
+    return load_checkpoint(folder / CHECKPOINT_FILE), history
+
+
+def new_checkpoint_dir() -> Path:
+    """A fresh local folder for one checkpoint (Ray moves or deletes it once persisted)."""
+    return Path(tempfile.mkdtemp(prefix="segstudy-checkpoint-"))
+
+
+def trial_config(params: dict[str, Any], base: dict[str, Any]) -> TrainConfig:
+    """The TrainConfig of a Tune trial: the study's shared fields plus the trial's sampled ones."""
+    hyper = {key: params[key] for key in ("model", "init", "lr", "gamma")}
     pretrained = base.get("pretrained_by_model", {}).get(hyper["model"]) if hyper["init"] != "scratch" else None
     fixed = {k: v for k, v in base.items() if k != "pretrained_by_model"}
-    cfg = TrainConfig.from_dict({**fixed, **hyper, "lr": float(hyper["lr"]), "gamma": float(hyper["gamma"]),
-                                 "pretrained": pretrained})
-    trial_id = ray.tune.get_context().get_trial_id()
-    run_training(cfg, train_run_name(trial_id), experiment_dir, resources, callbacks=[TuneReportCallback()])
+    seed = int(params.get("seed", fixed.get("seed", 0)))
+    return TrainConfig.from_dict({**fixed, **hyper, "lr": float(hyper["lr"]), "gamma": float(hyper["gamma"]),
+                                  "seed": seed, "pretrained": pretrained})
+
+
+def record_permanent_error(experiment: str, trial_id: str, exc: BaseException) -> str:
+    """Write ``errors/<trial_id>.txt`` (the one-line message, then the traceback) and return the message."""
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    text = message + "\n\n" + "".join(traceback.format_exception(exc))
+    storage.write_bytes(error_file(experiment, trial_id), text.encode())
+    return message

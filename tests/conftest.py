@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,18 +78,22 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory):
     ray.shutdown()
 
 
-def run_study(args: list[str]):
-    from study import orchestrate
-    from study.run import settings_from_args
-
-    return orchestrate.run_study(settings_from_args(args))
+@pytest.fixture(params=["tune", "train"])
+def trial_runner(request: pytest.FixtureRequest) -> str:
+    """Both trial runners, for the tests that are about how a trial runs (``--trial-runner``)."""
+    return request.param
 
 
 @pytest.fixture(scope="session")
 def demo_study(ray_cluster: str, toy_root: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo preset run as a user runs it (``python -m study.run``, default console), on the session's Ray.
+    Its console output is kept in ``console.txt`` beside the experiment."""
     storage = tmp_path_factory.mktemp("storage")
-    os.environ["WANDB_MODE"] = "offline"
-    os.environ["WANDB_API_KEY"] = FAKE_WANDB_KEY  # planted: no file the study writes may contain it
-    run_study(["--preset", "demo", "--data-root", str(toy_root), "--storage", str(storage), "--name", "demo",
-               "--wandb", "--no-report"])
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster, "WANDB_MODE": "offline",
+           "WANDB_API_KEY": FAKE_WANDB_KEY}  # planted: no file the study writes may contain it
+    args = [sys.executable, "-m", "study.run", "--preset", "demo", "--data-root", str(toy_root), "--storage",
+            str(storage), "--name", "demo", "--wandb", "--no-report"]
+    done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    (storage / "console.txt").write_text(done.stdout + done.stderr)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     return storage / "demo"

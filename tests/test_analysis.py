@@ -13,8 +13,8 @@ from sklearn.metrics import roc_auc_score
 from torchmetrics.classification import MulticlassJaccardIndex
 
 from analysis import report
-from analysis.evaluate import load_model, roc_curves
 from analysis.load import load_experiment, trial_table
+from analysis.score import load_model, roc_curves
 from study.metrics import SegMetric
 
 
@@ -51,7 +51,8 @@ def test_report_names_the_best_configuration(demo_report: Path, demo_study: Path
     best = trial_table(load_experiment(demo_study)).iloc[0]
     summary = pd.read_csv(demo_study / "summary.csv")
     assert str(summary.iloc[0]["trial_id"]) == best["trial_id"]
-    line = next(l for l in (demo_report / "report.md").read_text().splitlines() if l.startswith("**Best configuration:**"))
+    line = next(row for row in (demo_report / "report.md").read_text().splitlines()
+                if row.startswith("**Best configuration:**"))
     assert f"trial `{best['trial_id']}`" in line and f"{best['best_val_miou']:.4f}" in line
 
 
@@ -63,7 +64,7 @@ def test_test_metrics_agree_with_independent_computations(demo_report: Path, dem
     metrics_file = next((demo_report / "test").glob("*/metrics.json"))
     metrics = json.loads(metrics_file.read_text())
     model, cfg = load_model(torch.load(metrics["checkpoint"], weights_only=True))
-    data = build_dataset("pets", "test", toy_root, cfg.image_size, cache_dir=cache_dir, augment=False)
+    data = build_dataset("pets", "test", toy_root, cfg.image_size, cache_dir=cache_dir)
     with torch.no_grad():
         probabilities = model(normalize(data.images)).softmax(1)
     targets = data.masks.long()

@@ -10,7 +10,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BLOCK_RAY = ("import runpy, sys; sys.modules['ray'] = None; sys.modules['optuna'] = None; "
-             "sys.argv = ['benchmarks/gpu.py'] + sys.argv[1:]; runpy.run_path('benchmarks/gpu.py', run_name='__main__')")
+             "sys.argv = ['benchmarks/gpu.py'] + sys.argv[1:]; "
+             "runpy.run_path('benchmarks/gpu.py', run_name='__main__')")
 
 
 def test_gpu_script_runs_without_ray(tmp_path: Path) -> None:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from analysis import evaluate
-from study import train
+from analysis import score
+from study import run_trial
 from study.cli import main_guard
 from study.data.sources import open_source
 
@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_train(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
-    code = main_guard("study.train", train.main, ["--no-progress", *args])
+    code = main_guard("study.run_trial", run_trial.main, ["--no-progress", *args])
     return code, capsys.readouterr().err
 
 
@@ -83,22 +83,23 @@ def test_existing_run_is_refused_and_kept(toy_root: Path, cache_dir: Path, tmp_p
 
 def test_evaluate_scores_best_checkpoint(toy_root: Path, cache_dir: Path, tmp_path: Path, capsys) -> None:
     assert run_train(fast(toy_root, tmp_path / "run"), capsys)[0] == 0
-    code = main_guard("analysis.evaluate", evaluate.main, ["--checkpoint", str(tmp_path / "run" / "best.pt"),
-                      "--dataset", "pets", "--data-root", str(toy_root), "--split", "test", "--out", str(tmp_path / "ev")])
+    code = main_guard("analysis.score", score.main, ["--checkpoint", str(tmp_path / "run" / "best.pt"),
+                      "--dataset", "pets", "--data-root", str(toy_root), "--split", "test",
+                      "--out", str(tmp_path / "ev")])
     assert code == 0
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["images"] == 24 and 0 <= metrics["miou"] <= 1
     assert set(metrics["per_class_iou"]) == {"pet", "background", "boundary"}
     assert np.array(metrics["confusion_matrix"]).sum() == 24 * 32 * 32
     (tmp_path / "bad.pt").write_bytes(b"\x80\x02truncated")
-    code = main_guard("analysis.evaluate", evaluate.main, ["--checkpoint", str(tmp_path / "bad.pt"), "--dataset", "pets",
-                      "--data-root", str(toy_root), "--out", str(tmp_path / "ev2")])
+    code = main_guard("analysis.score", score.main, ["--checkpoint", str(tmp_path / "bad.pt"),
+                      "--dataset", "pets", "--data-root", str(toy_root), "--out", str(tmp_path / "ev2")])
     err = capsys.readouterr().err
     assert code == 2 and "bad.pt" in err and not (tmp_path / "ev2").exists()
 
 
 def test_real_process_exit_code_and_no_traceback(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "study.train", "--data-root", str(tmp_path / "none"), "--out",
+    proc = subprocess.run([sys.executable, "-m", "study.run_trial", "--data-root", str(tmp_path / "none"), "--out",
                            str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stderr.strip().count("\n") == 0 and "--data-root" in proc.stderr

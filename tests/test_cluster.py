@@ -27,13 +27,10 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,6 +39,14 @@ import pandas as pd
 import pytest
 import ray
 import yaml
+from ray_nodes import (
+    dashboard_get,
+    free_port,
+    processes_with_env,
+    stop_group,
+    wait_for_log,
+    wait_for_nodes,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_YAML = REPO / "cluster.yaml"
@@ -197,105 +202,6 @@ def test_token_authentication_stays_on(config: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------ two nodes
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop_group(process: subprocess.Popen, grace_s: float = 40) -> None:
-    """SIGTERM the process group `process` leads (`ray start --block` then stops its node's processes),
-    SIGKILL the group if the leader lingers. Signals go to the group only while its leader is alive
-    (unreaped), so the group id cannot belong to anybody else; stragglers are found by the caller."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        if process.poll() is not None:
-            return
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            pass
-        try:
-            process.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            pass
-
-
-def _processes_with_env(marker: bytes) -> list[int]:
-    """Pids of live processes whose environment holds `marker` (this cluster's token). Ray's workers retitle
-    themselves (ray::IDLE) and sit in process groups of their own, but they all inherit the environment of
-    the `ray start` that launched their node."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if marker in (entry / "environ").read_bytes():
-                    pids.append(int(entry.name))
-            except OSError:  # gone, or not ours to read
-                continue
-    return pids
-
-
-def _dashboard_get(port: int, path: str, token: str | None) -> tuple[int, dict]:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, {}
-
-
-def _node_logs(logs: dict[str, Path], chars: int = 1500) -> str:
-    """The tail of each `ray start` output and of the Ray logs that say why a node did not come up."""
-    parts = []
-    for name, log in logs.items():
-        files = [log, *sorted((log.parent / name).glob("session_latest/logs/*"))]
-        for path in files:
-            if path.is_file() and path.suffix in (".log", ".err", ".out") and path.stat().st_size and (
-                    path == log or path.stem in ("gcs_server", "raylet", "dashboard", "dashboard_agent")):
-                parts.append(f"--- {name}: {path.name}\n{path.read_text(errors='replace')[-chars:]}")
-    return "\n".join(parts)
-
-
-def _check_running(processes: dict[str, subprocess.Popen], logs: dict[str, Path]) -> None:
-    for name, process in processes.items():
-        if process.poll() is not None:
-            pytest.fail(f"ray start ({name}) exited with {process.returncode}:\n{_node_logs(logs)}")
-
-
-def _wait_for_log(log: Path, text: str, processes: dict, logs: dict, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if text in log.read_text(errors="replace"):
-            return
-        _check_running(processes, logs)
-        time.sleep(0.3)
-    pytest.fail(f"{log.name}: no {text!r} after {timeout_s:.0f} s:\n{_node_logs(logs)}")
-
-
-def _wait_for_nodes(dashboard_port: int, token: str, markers: set[str], processes: dict, logs: dict,
-                    timeout_s: float) -> dict[str, str]:
-    """Node id per custom marker resource, once every marker is on an alive node (Ray's State API, which is
-    what ray.nodes() reads too, over HTTP with the token: no Ray client in this process)."""
-    deadline = time.monotonic() + timeout_s
-    last = ""
-    while time.monotonic() < deadline:
-        _check_running(processes, logs)
-        try:
-            status, body = _dashboard_get(dashboard_port, "/api/v0/nodes?detail=1&limit=100", token)
-        except (urllib.error.URLError, OSError, ValueError) as exc:  # dashboard not up yet
-            last = repr(exc)
-        else:
-            last = f"HTTP {status}: {json.dumps(body)[:1000]}"
-            rows = body.get("data", {}).get("result", {}).get("result", []) if status == 200 else []
-            found = {m: row["node_id"] for row in rows if row.get("state") == "ALIVE"
-                     for m in markers if m in (row.get("resources_total") or {})}
-            if set(found) == markers:
-                return found
-        time.sleep(0.5)
-    pytest.fail(f"nodes {sorted(markers)} not up within {timeout_s:.0f} s; last answer: {last}\n{_node_logs(logs)}")
-
-
 @pytest.fixture
 def two_nodes() -> Iterator[dict]:
     """A head and a second node started with `ray start --block`, 1 CPU each, token auth on; stopped after.
@@ -310,17 +216,17 @@ def two_nodes() -> Iterator[dict]:
     # above Ray's 60 s default: on a busy 2-core CI machine the head otherwise gives up before it is up.
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0", RAY_TRAIN_V2_ENABLED="1",
                RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0", RAY_DASHBOARD_STARTUP_TIMEOUT_S="180", PYTHONUNBUFFERED="1")
-    gcs_port, dashboard_port = _free_port(), _free_port()
+    gcs_port, dashboard_port = free_port(), free_port()
     address = f"127.0.0.1:{gcs_port}"
     common = ["--block", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--num-gpus=0",
               "--object-store-memory=200000000", "--disable-usage-stats"]
     nodes = {
         "head": ["--head", f"--port={gcs_port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                 f"--dashboard-port={dashboard_port}", f"--ray-client-server-port={_free_port()}",
+                 f"--dashboard-port={dashboard_port}", f"--ray-client-server-port={free_port()}",
                  f"--resources={json.dumps({'node_a': 1, DRIVER_RESOURCE: 2})}",
-                 f"--dashboard-agent-listen-port={_free_port()}",
+                 f"--dashboard-agent-listen-port={free_port()}",
                  f"--temp-dir={temp_root / 'head'}"],
-        "worker": [f"--address={address}", '--resources={"node_b": 1}', f"--dashboard-agent-listen-port={_free_port()}",
+        "worker": [f"--address={address}", '--resources={"node_b": 1}', f"--dashboard-agent-listen-port={free_port()}",
                    "--include-log-monitor=false", f"--temp-dir={temp_root / 'worker'}"],
     }
     processes: dict[str, subprocess.Popen] = {}
@@ -331,18 +237,18 @@ def two_nodes() -> Iterator[dict]:
                 processes[name] = subprocess.Popen([str(RAY_BIN), "start", *common, *args], env=env, stdout=log,
                                                    stderr=subprocess.STDOUT, start_new_session=True)
             if name == "head":  # the second node can only join once the head node is registered
-                _wait_for_log(logs[name], "Ray runtime started", processes, logs, timeout_s=240)
-        node_ids = _wait_for_nodes(dashboard_port, token, {"node_a", "node_b"}, processes, logs, timeout_s=150)
+                wait_for_log(logs[name], "Ray runtime started", processes, logs, timeout_s=240)
+        node_ids = wait_for_nodes(dashboard_port, token, {"node_a", "node_b"}, processes, logs, timeout_s=150)
         yield {"address": address, "env": env, "token": token, "dashboard_port": dashboard_port,
                "head_id": node_ids["node_a"], "worker_id": node_ids["node_b"], "temp_root": temp_root}
     finally:
         # Second node first, then the head; only the process groups started here.
         for name in ("worker", "head"):
             if name in processes:
-                _stop_group(processes[name])
+                stop_group(processes[name])
         marker = f"RAY_AUTH_TOKEN={token}".encode()
         deadline = time.monotonic() + 30
-        while (leftover := _processes_with_env(marker)) and time.monotonic() < deadline:
+        while (leftover := processes_with_env(marker)) and time.monotonic() < deadline:
             time.sleep(0.5)
         for pid in leftover:  # processes of this cluster only: nobody else has its token
             try:
@@ -359,11 +265,12 @@ def _result_rows(result_json: Path) -> list[dict]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_study_spans_two_nodes(two_nodes: dict, toy_root: Path, cache_dir: Path, tmp_path: Path) -> None:
+def test_study_spans_two_nodes(two_nodes: dict, toy_root: Path, cache_dir: Path, tmp_path: Path,
+                               trial_runner: str) -> None:
     # Token auth is on: the dashboard (and so the Jobs API) refuses a request without the token.
-    assert _dashboard_get(two_nodes["dashboard_port"], "/api/version", None)[0] == 401
-    assert _dashboard_get(two_nodes["dashboard_port"], "/api/version", "0" * 64)[0] in (401, 403)  # wrong token
-    status, version = _dashboard_get(two_nodes["dashboard_port"], "/api/version", two_nodes["token"])
+    assert dashboard_get(two_nodes["dashboard_port"], "/api/version", None)[0] == 401
+    assert dashboard_get(two_nodes["dashboard_port"], "/api/version", "0" * 64)[0] in (401, 403)  # wrong token
+    status, version = dashboard_get(two_nodes["dashboard_port"], "/api/version", two_nodes["token"])
     assert status == 200 and version["ray_version"] == ray.__version__
 
     from segmodels import build_model, save_encoder  # given encoders skip the pretraining stage
@@ -373,7 +280,7 @@ def test_study_spans_two_nodes(two_nodes: dict, toy_root: Path, cache_dir: Path,
     args = [sys.executable, "-m", "study.run", "--preset", "demo", "--data-root", str(toy_root),
             "--storage", str(storage), "--name", "two_nodes", "--num-samples", "2", "--epochs", "2", "--no-report",
             "--pretrained-segformer", str(encoders["segformer"]), "--pretrained-fcn", str(encoders["fcn_resnet50"]),
-            "--cache-dir", str(cache_dir)]
+            "--cache-dir", str(cache_dir), "--trial-runner", trial_runner]
     env = {**two_nodes["env"], "RAY_ADDRESS": two_nodes["address"], "SEGSTUDY_CACHE": str(cache_dir),
            "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     driver = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -402,26 +309,32 @@ def test_study_spans_two_nodes(two_nodes: dict, toy_root: Path, cache_dir: Path,
     assert used == {two_nodes["head_id"], two_nodes["worker_id"]}, \
         f"trials ran on {used}, not on both nodes started here ({two_nodes['head_id']}, {two_nodes['worker_id']})"
 
-    # Every result in the one storage folder: Tune's trial folders, and each trial's Train checkpoints
-    # (written by the node that trained it) under STORAGE/NAME/train/, best checkpoints included.
+    # Every result in the one storage folder: Tune's trial folders, and each trial's checkpoints (written by
+    # the node that trained it; in the trial's folder or, with the Train runner, under STORAGE/NAME/train/),
+    # best checkpoints included.
+    from study.layout import trial_checkpoints
+
     for row in summary.itertuples():
-        run_dir = experiment / "train" / f"trial-{row.trial_id}"
-        assert (run_dir / "checkpoint_epoch0002" / "checkpoint.pt").is_file(), run_dir
+        kept = trial_checkpoints(experiment, str(row.trial_id))
+        assert [metrics["epoch"] for _, metrics in kept] == [2], kept
+        assert (Path(kept[0][0]) / "checkpoint.pt").is_file() and Path(kept[0][0]).is_relative_to(experiment)
         best = Path(row.best_checkpoint)
         assert best.is_file() and best.is_relative_to(experiment), best
-    # Drivers on the on-demand node: each trial driver (Tune's ImplicitFunc actor) and the Train controller
-    # Ray pins next to it ran on the head, while the training itself ran on both nodes.
-    from study import orchestrate
-
-    if hasattr(orchestrate, "driver_resources"):
-        status, body = _dashboard_get(two_nodes["dashboard_port"], "/api/v0/actors?detail=1&limit=10000",
-                                      two_nodes["token"])
-        assert status == 200, body
-        actors = body["data"]["result"]["result"]
+    status, body = dashboard_get(two_nodes["dashboard_port"], "/api/v0/actors?detail=1&limit=10000",
+                                  two_nodes["token"])
+    assert status == 200, body
+    actors = body["data"]["result"]["result"]
+    trial_actors = [a["node_id"] for a in actors if a["class_name"].endswith("ImplicitFunc")]
+    if trial_runner == "train":
+        # Drivers on the on-demand node: each trial driver (Tune's ImplicitFunc actor) and the Train controller
+        # Ray pins next to it ran on the head, while the training itself ran on both nodes.
         for class_name in ("ImplicitFunc", "TrainController"):
             nodes = [a["node_id"] for a in actors if a["class_name"].endswith(class_name)]
             assert len(nodes) >= 2 and set(nodes) == {two_nodes["head_id"]}, (class_name, nodes)
         workers = {a["node_id"] for a in actors if a["class_name"].endswith("RayTrainWorker")}
         assert workers == used, workers
+    else:  # the Tune runner: the trial actor is the worker; no Train controller, no worker group
+        assert set(trial_actors) == used, trial_actors
+        assert not [a for a in actors if a["class_name"].endswith(("TrainController", "RayTrainWorker"))]
     for temp_dir in (two_nodes["temp_root"] / "head", two_nodes["temp_root"] / "worker"):
         assert not list(temp_dir.rglob("checkpoint.pt")), f"a checkpoint was left on a node's disk: {temp_dir}"

@@ -62,7 +62,8 @@ def test_cityscapes_label_ids_map_to_train_ids(toy_root: Path, cache_dir: Path) 
 
 
 def test_genuine_pets_sample(shared_data: Path, cache_dir: Path) -> None:
-    train, val, test = (build_dataset("pets", s, shared_data, 64, cache_dir=cache_dir) for s in ("train", "val", "test"))
+    train, val, test = (build_dataset("pets", s, shared_data, 64, cache_dir=cache_dir)
+                        for s in ("train", "val", "test"))
     assert len(train) + len(val) == 198 and len(val) == 20 and len(test) == 204
     assert set(train.masks.unique().tolist()) == {0, 1, 2}
     assert train.images.dtype == torch.uint8 and train.images.shape[1:] == (3, 64, 64)

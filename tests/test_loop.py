@@ -5,7 +5,8 @@ import torch
 
 from study.config import TrainConfig
 from study.metrics import SegMetric
-from study.train import load_splits, run_local
+from study.run_trial import run_local
+from study.trial import load_splits
 
 
 def small_config(toy_root: Path, **changes) -> TrainConfig:
@@ -55,7 +56,7 @@ def test_fcn_trains_too(toy_root: Path, cache_dir: Path, tmp_path: Path) -> None
 
 def test_precision_bf16_autocasts_training_and_validates_in_fp32(toy_root: Path, cache_dir: Path) -> None:
     from study.loop import resolve_precision, train
-    from study.train import build_trial_model
+    from study.trial import build_trial_model
 
     cfg = small_config(toy_root, epochs=1, precision="bf16")
     train_set, val_set = load_splits(cfg)
@@ -68,9 +69,3 @@ def test_precision_bf16_autocasts_training_and_validates_in_fp32(toy_root: Path,
     assert {dtype for training, dtype in seen if not training} == {torch.float32}
     assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
     assert resolve_precision("auto", torch.device("cuda")) == "fp32"  # until the GPU benchmark decides
-
-
-def test_configs_saved_with_the_old_bf16_flag_still_load() -> None:
-    assert TrainConfig.from_dict({"bf16": True}).precision == "bf16"
-    assert TrainConfig.from_dict({"bf16": False}).precision == "fp32"
-    assert TrainConfig().precision == "auto"

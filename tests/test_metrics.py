@@ -29,7 +29,8 @@ def test_matches_torchmetrics_with_ignored_pixels(num_classes: int) -> None:
     torch.testing.assert_close(ours.per_class_iou().float(), jaccard.compute().float())
     assert ours.miou() == pytest.approx(float(jaccard.compute().mean()), abs=1e-6)
     valid = torch.cat([random_batch(num_classes, s)[1].flatten() for s in range(3)]) != 255
-    correct = sum(int((l.argmax(1) == t)[t != 255].sum()) for l, t in (random_batch(num_classes, s) for s in range(3)))
+    correct = sum(int((scores.argmax(1) == t)[t != 255].sum())
+                  for scores, t in (random_batch(num_classes, s) for s in range(3)))
     assert ours.pixel_accuracy() == pytest.approx(correct / int(valid.sum()))
 
 

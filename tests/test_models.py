@@ -43,7 +43,8 @@ def test_finetune_loads_the_encoder_and_keeps_a_fresh_head(name: str, encoder_fi
 def test_freeze_keeps_encoder_and_its_statistics_fixed(name: str, encoder_files: dict[str, Path]) -> None:
     model = build_model(name, 3, "freeze", pretrained=str(encoder_files[name]))
     encoder_before = {k: v.clone() for k, v in model.encoder.state_dict().items()}  # includes BN running stats
-    head_before = {k: v.clone() for k, v in model.state_dict().items() if k not in {"net.backbone." + e for e in encoder_before}}
+    head_before = {k: v.clone() for k, v in model.state_dict().items()
+                   if k not in {"net.backbone." + e for e in encoder_before}}
     model.train()
     assert not model.encoder.training and all(not p.requires_grad for p in model.encoder.parameters())
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)

@@ -21,36 +21,74 @@ from study.cli import main_guard
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_a_killed_worker_resumes_from_its_latest_checkpoint(ray_cluster: str, toy_root: Path, cache_dir: Path,
-                                                            tmp_path: Path) -> None:
-    from study.config import TrainConfig
-    from study.results import checkpoints
-    from study.trial import run_training
+def _one_trial_settings(toy_root: Path, cache_dir: Path, storage: Path, name: str, runner: str, epochs: int,
+                        extra: list[str] = ()):
+    """The demo preset cut to one SegFormer-from-scratch trial with a FIFO scheduler (no pretraining)."""
+    from study.run import settings_from_args
 
-    cfg = TrainConfig(dataset="pets", data_root=str(toy_root), model="segformer", epochs=8, batch_size=8,
-                      image_size=32, cache_dir=str(cache_dir))
-    run_dir = tmp_path / "train" / "killed-worker"
+    settings = settings_from_args(["--preset", "demo", "--data-root", str(toy_root), "--storage", str(storage),
+                                   "--name", name, "--num-samples", "1", "--epochs", str(epochs), "--batch-size", "8",
+                                   "--image-size", "32", "--cache-dir", str(cache_dir), "--no-report",
+                                   "--trial-runner", runner, *extra])
+    settings.space = {**settings.space, "model": ("choice", ["segformer"]), "init": ("choice", ["scratch"])}
+    settings.points = [{"model": "segformer", "init": "scratch", "lr": 1e-3, "gamma": 0.98}]
+    settings.scheduler, settings.pretrain = "fifo", {}
+    return settings
+
+
+def test_a_killed_worker_resumes_from_its_latest_checkpoint(ray_cluster: str, toy_root: Path, cache_dir: Path,
+                                                            tmp_path: Path, trial_runner: str) -> None:
+    from study import orchestrate
+    from study.layout import trial_checkpoints
+    from study.summary import trial_ids
+
+    settings = _one_trial_settings(toy_root, cache_dir, tmp_path, "killed", trial_runner, epochs=8)
+    experiment = tmp_path / "killed"
     errors: list[BaseException] = []
-    thread = threading.Thread(target=lambda: _capture(errors, run_training, cfg, "killed-worker", str(tmp_path),
-                                                      {"workers": 1, "cpus": 1, "max_failures": 2}))
+    thread = threading.Thread(target=lambda: _capture(errors, orchestrate.run_study, settings))
     thread.start()
     deadline = time.monotonic() + 300
-    while not checkpoints(run_dir):  # the known point: the first checkpoint is persisted
+    found: list = []
+    while not found:  # the known point: the trial's first checkpoint is persisted
         assert thread.is_alive() and time.monotonic() < deadline, errors
         time.sleep(0.2)
-    first_folder, first = checkpoints(run_dir)[0]
+        ids = trial_ids(str(experiment)) if experiment.is_dir() else []
+        found = trial_checkpoints(experiment, ids[0]) if ids else []
+    trial_id = ids[0]
+    first_folder, first = found[0]
     os.kill(first["worker_pid"], signal.SIGKILL)
     thread.join(timeout=400)
     assert not thread.is_alive() and not errors, errors
-    kept = checkpoints(run_dir)
+    kept = trial_checkpoints(experiment, trial_id)
     assert kept[-1][1]["epoch"] == 8  # the trial finished
-    history = pd.read_csv(kept[-1][0] / "history.csv")
+    history = pd.read_csv(Path(kept[-1][0]) / "history.csv")
     assert list(history["epoch"]) == [2, 4, 6, 8]  # each validation recorded exactly once
     pids = [row["worker_pid"] for _, row in kept]
     assert pids[-1] != first["worker_pid"]  # a new worker finished the trial ...
     restarted_at = next(row["epoch"] for _, row in kept if row["worker_pid"] != first["worker_pid"])
     assert restarted_at > first["epoch"]  # ... after the checkpoint: no epoch before it was recomputed
     assert history.loc[history["epoch"] == first["epoch"], "val_miou"].item() == first["val_miou"]
+
+
+def test_an_error_retrying_cannot_fix_ends_its_trial_at_once(ray_cluster: str, toy_root: Path, cache_dir: Path,
+                                                             tmp_path: Path, trial_runner: str,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A missing encoder file that only the trial meets (the pre-Ray check is switched off here) is recorded
+    once, with its one-line message, and neither Tune nor Train retries it."""
+    from study import orchestrate, preflight
+
+    monkeypatch.setattr(preflight, "check_encoders", lambda settings: None)
+    missing = tmp_path / "no-such-encoder.pt"
+    settings = _one_trial_settings(toy_root, cache_dir, tmp_path, "broken", trial_runner, epochs=2,
+                                   extra=["--pretrained-segformer", str(missing)])
+    settings.space["init"] = ("choice", ["finetune"])
+    settings.points = [{"model": "segformer", "init": "finetune", "lr": 1e-3, "gamma": 0.98}]
+    summary = orchestrate.run_study(settings)
+    assert list(summary["status"]) == ["error"] and str(missing) in summary["error"][0]
+    trial_id = str(summary["trial_id"][0])
+    record = (tmp_path / "broken" / "errors" / f"{trial_id}.txt").read_text().splitlines()
+    assert str(missing) in record[0] and "Traceback" in "\n".join(record[1:])
+    assert not (tmp_path / "broken" / f"trial_{trial_id}" / "error.txt").exists()  # Tune saw no failure to retry
 
 
 def _capture(errors: list, fn, *args) -> None:
@@ -60,7 +98,8 @@ def _capture(errors: list, fn, *args) -> None:
         errors.append(exc)
 
 
-def test_many_early_stops_finish_without_deadlock(ray_cluster: str, toy_root: Path, cache_dir: Path, tmp_path: Path) -> None:
+def test_many_early_stops_finish_without_deadlock(ray_cluster: str, toy_root: Path, cache_dir: Path,
+                                                  tmp_path: Path, trial_runner: str) -> None:
     from ray.util.state import list_placement_groups
 
     from study import orchestrate
@@ -68,7 +107,7 @@ def test_many_early_stops_finish_without_deadlock(ray_cluster: str, toy_root: Pa
 
     settings = settings_from_args(["--preset", "demo", "--data-root", str(toy_root), "--storage", str(tmp_path),
                                    "--name", "asha", "--num-samples", "24", "--epochs", "2", "--image-size", "32",
-                                   "--cache-dir", str(cache_dir), "--no-report"])
+                                   "--cache-dir", str(cache_dir), "--no-report", "--trial-runner", trial_runner])
     settings.space = {**settings.space, "model": ("choice", ["segformer"]), "init": ("choice", ["scratch"])}
     # Trials in order of falling learning rate, all below the rate where more is better after one epoch,
     # so that almost every new trial is worse than those before it and ASHA stops it.
@@ -139,6 +178,31 @@ def test_bad_study_options(args: list[str], option: str, toy_root: Path, tmp_pat
     assert not (tmp_path / "st").exists() or not any((tmp_path / "st").iterdir())
 
 
+def test_an_unavailable_encoder_stops_the_study_before_ray(toy_root: Path, tmp_path: Path, capsys,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """FCN's default ImageNet encoder offline and not cached: one line naming the study's option, exit 2."""
+    from study import run
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+    code = main_guard("study.run", run.main, ["--preset", "search", "--data-root", str(toy_root),
+                                               "--storage", str(tmp_path / "st"), "--cache-dir", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--pretrained-fcn imagenet" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "st").exists() or not any((tmp_path / "st").iterdir())
+
+
+def test_options_are_checked_against_each_other(toy_root: Path, tmp_path: Path, capsys) -> None:
+    from study import run
+    from study.run import settings_from_args
+
+    code = main_guard("study.run", run.main, ["--data-root", str(toy_root), "--storage", str(tmp_path / "st"),
+                                               "--trial-runner", "tune", "--workers-per-trial", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--trial-runner tune" in err and len(err.strip().splitlines()) == 1
+    clamped = settings_from_args(["--preset", "search", "--epochs", "2", "--data-root", str(toy_root)])
+    assert clamped.grace_period == 2  # ASHA's grace period of 4 is clamped to --epochs, with a warning
+
+
 def test_storage_that_is_not_writable(toy_root: Path, tmp_path: Path, capsys) -> None:
     from study import run
 
@@ -147,7 +211,8 @@ def test_storage_that_is_not_writable(toy_root: Path, tmp_path: Path, capsys) ->
     assert code == 2 and "--storage" in capsys.readouterr().err
 
 
-def test_more_gpus_than_the_cluster_has(ray_cluster: str, toy_root: Path, cache_dir: Path, tmp_path: Path, capsys) -> None:
+def test_more_gpus_than_the_cluster_has(ray_cluster: str, toy_root: Path, cache_dir: Path, tmp_path: Path,
+                                        capsys) -> None:
     from study import run
 
     code = main_guard("study.run", run.main, ["--data-root", str(toy_root), "--storage", str(tmp_path / "st"),
@@ -169,30 +234,31 @@ def test_existing_experiment_is_refused_and_kept(tmp_path: Path, toy_root: Path,
 
 
 def test_truncated_checkpoint_gives_a_clear_error(toy_root: Path, cache_dir: Path, tmp_path: Path, capsys) -> None:
-    from study import train
+    from study import run_trial
 
     args = ["--no-progress", "--dataset", "pets", "--data-root", str(toy_root), "--epochs", "2", "--batch-size", "16",
             "--image-size", "32", "--out", str(tmp_path / "run")]
-    assert main_guard("study.train", train.main, args) == 0
+    assert main_guard("study.run_trial", run_trial.main, args) == 0
     last = tmp_path / "run" / "last.pt"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
-    code = main_guard("study.train", train.main, [*args, "--epochs", "4", "--resume"])
+    code = main_guard("study.run_trial", run_trial.main, [*args, "--epochs", "4", "--resume"])
     err = capsys.readouterr().err
     assert code == 2 and str(last) in err and "truncated" in err
 
 
 def test_analysis_bad_options(tmp_path: Path, capsys) -> None:
-    from analysis import evaluate, report
+    from analysis import report, score
 
     assert main_guard("analysis.report", report.main, ["--experiment", str(tmp_path / "none")]) == 2
     assert "--experiment" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert main_guard("analysis.report", report.main, ["--experiment", str(tmp_path / "empty")]) == 2
     assert "no Ray Tune trials" in capsys.readouterr().err
-    assert main_guard("analysis.evaluate", evaluate.main, ["--checkpoint", str(tmp_path / "x.pt"), "--dataset", "pets",
-                                                           "--data-root", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert main_guard("analysis.score", score.main, ["--checkpoint", str(tmp_path / "x.pt"), "--dataset", "pets",
+                                                           "--data-root", str(tmp_path),
+                                                           "--out", str(tmp_path / "o")]) == 2
     assert "x.pt" in capsys.readouterr().err and not (tmp_path / "o").exists()
-    assert main_guard("analysis.evaluate", evaluate.main, ["--checkpoint", "c", "--dataset", "mnist",
+    assert main_guard("analysis.score", score.main, ["--checkpoint", "c", "--dataset", "mnist",
                                                            "--data-root", ".", "--out", "o"]) == 2
     assert "--dataset" in capsys.readouterr().err
 

@@ -37,15 +37,18 @@ def test_join_keeps_the_query_string_at_the_end() -> None:
 
 def test_cluster_yaml_capacity_sizes_trials_before_any_gpu_node_exists() -> None:
     from study.orchestrate import autoscaler_capacity, plan_resources
-    from study.run import StudySettings
+    from study.settings import StudySettings
 
     capacity = autoscaler_capacity(REPO / "cluster.yaml")  # the same file ray up leaves on the head
     assert capacity == {"CPU": 32, "GPU": 8, "on_demand": 32}  # head (CPU 0, on_demand 32) + 8 x g6.xlarge
     head_only = {"CPU": 0.0, "on_demand": 32.0}  # just after `ray up`: no worker yet
 
-    default = StudySettings()
+    default = StudySettings()  # one-worker trials: a quarter of a GPU each (measured on an H200, docs/performance.md)
     plan_resources(default, head_only, capacity)
-    assert default.gpus_per_trial == 1.0 and default.max_concurrent == 8
+    assert default.gpus_per_trial == 0.25 and default.max_concurrent == 32
+    ddp = StudySettings(workers_per_trial=2)  # DDP trials take one whole GPU per worker
+    plan_resources(ddp, head_only, capacity)
+    assert ddp.gpus_per_trial == 2.0 and ddp.max_concurrent == 4
 
     shared = StudySettings(gpus_per_trial=0.25)
     plan_resources(shared, head_only, capacity)
@@ -134,7 +137,8 @@ def test_a_study_on_object_storage_hands_over_its_encoder_and_writes_everything_
     stored = pd.read_csv(StringIO(storage.read_bytes(storage.join(experiment, "summary.csv")).decode()))
     assert len(stored) == 2 and (stored["status"] == "done").all()
     assert sorted(stored["init"]) == ["finetune", "scratch"] and set(stored["model"]) == {"segformer"}
-    assert stored["best_checkpoint"].str.startswith("s3://segstudy-test/results/remote/train/trial-").all()
+    # the Tune runner (default for one-worker trials) keeps each trial's checkpoints in its trial folder
+    assert stored["best_checkpoint"].str.startswith("s3://segstudy-test/results/remote/trial_").all()
     assert all(storage.is_file(uri) for uri in stored["best_checkpoint"])
     assert list(stored["trial_id"]) == list(summary["trial_id"])
     assert json.loads(storage.read_bytes(storage.join(experiment, "study.json")))["storage"] == s3_storage

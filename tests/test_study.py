@@ -36,6 +36,30 @@ def test_report_space_is_the_reports_seven_configurations() -> None:
     assert search["lr"] == ("loguniform", 1e-4, 3e-3) and search["gamma"] == ("uniform", 0.90, 0.999)
 
 
+# Lines of Ray's internals that must not reach the console without --verbose (issue: ~1,000 such lines).
+RAY_INTERNALS = ("core_worker", "TrainController", "Reporting training result", "Checkpoint successfully created",
+                 "raylet", "(pid=")
+
+
+def assert_quiet_console(output: str, budget: int = 80) -> None:
+    lines = output.strip().splitlines()
+    leaked = [line for line in lines if any(marker in line for marker in RAY_INTERNALS)]
+    assert not leaked, leaked[:5]
+    assert len(lines) < budget, f"{len(lines)} lines:\n" + "\n".join(lines)
+
+
+def test_the_demo_console_is_short_and_free_of_ray_internals(demo_study: Path) -> None:
+    """The demo (with its Cityscapes stage on Ray Train, and W&B) prints stages, trial lines and the table only."""
+    output = (demo_study.parent / "console.txt").read_text()
+    assert_quiet_console(output)
+    summary = pd.read_csv(demo_study / "summary.csv")
+    for stage in ("data and encoders checked", "Ray joined", "pretraining: segformer", "trials: 8"):
+        assert stage in output, stage
+    ended = [line for line in output.splitlines() if line.startswith("trial ") and " at epoch " in line]
+    assert len(ended) == len(summary)  # one line per finished or stopped trial
+    assert "trials ranked by best val mIoU" in output
+
+
 def test_demo_runs_with_early_stopping_and_a_consistent_summary(demo_study: Path) -> None:
     summary = pd.read_csv(demo_study / "summary.csv")
     assert len(summary) >= 6 and (summary["status"] == "done").all()
@@ -55,11 +79,12 @@ def test_demo_runs_with_early_stopping_and_a_consistent_summary(demo_study: Path
 
 def test_cityscapes_stage_encoder_is_what_finetune_trials_load(demo_study: Path) -> None:
     from segmodels import build_model
-    from study.results import best_checkpoint
+    from study.layout import best_checkpoint, checkpoints
 
     encoder_file = demo_study / "pretrained" / "segformer_encoder.pt"
     encoder = torch.load(encoder_file, weights_only=True)["encoder"]
-    pretrain_best = torch.load(best_checkpoint(demo_study / "train" / "pretrain-cityscapes-segformer"), weights_only=True)
+    pretrain_run = demo_study / "train" / "pretrain-cityscapes-segformer"
+    pretrain_best = torch.load(best_checkpoint(checkpoints(pretrain_run)), weights_only=True)
     assert pretrain_best["config"]["dataset"] == "cityscapes" and len(pretrain_best["class_names"]) == 19
     prefix = "net.segformer."
     assert encoder.keys() == {k[len(prefix):] for k in pretrain_best["model_state"] if k.startswith(prefix)}
@@ -80,13 +105,14 @@ def test_wandb_offline_runs_hold_the_metrics(demo_study: Path) -> None:
     assert b"val_miou" in blob and b"train_loss" in blob
 
 
-def test_two_worker_ddp_trial_matches_single_process(ray_cluster: str, toy_root: Path, cache_dir: Path, tmp_path: Path) -> None:
-    from analysis.evaluate import load_model
+def test_two_worker_ddp_trial_matches_single_process(ray_cluster: str, toy_root: Path, cache_dir: Path,
+                                                     tmp_path: Path) -> None:
+    from analysis.score import load_model
     from study.config import TrainConfig
+    from study.layout import checkpoints
     from study.loop import evaluate
-    from study.results import checkpoints
-    from study.train import load_splits
-    from study.trial import run_training
+    from study.orchestrate.runners import run_training
+    from study.trial import load_splits
 
     cfg = TrainConfig(dataset="pets", data_root=str(toy_root), model="segformer", epochs=2, batch_size=8,
                       image_size=32, cache_dir=str(cache_dir))
@@ -98,13 +124,15 @@ def test_two_worker_ddp_trial_matches_single_process(ray_cluster: str, toy_root:
     assert row["val_miou"] == pytest.approx(metric.miou(), abs=1e-12)
 
 
-def test_resume_after_the_driver_is_killed(ray_cluster: str, toy_root: Path, cache_dir: Path, tmp_path: Path) -> None:
+def test_resume_after_the_driver_is_killed(ray_cluster: str, toy_root: Path, cache_dir: Path, tmp_path: Path,
+                                           trial_runner: str) -> None:
     from segmodels import build_model, save_encoder
 
     encoders = {m: str(save_encoder(build_model(m, 19), tmp_path / f"{m}.pt")) for m in ("segformer", "fcn_resnet50")}
     args = ["-m", "study.run", "--preset", "demo", "--data-root", str(toy_root), "--storage", str(tmp_path / "st"),
             "--name", "killed", "--num-samples", "4", "--epochs", "4", "--no-report", "--cache-dir", str(cache_dir),
-            "--pretrained-segformer", encoders["segformer"], "--pretrained-fcn", encoders["fcn_resnet50"]]
+            "--pretrained-segformer", encoders["segformer"], "--pretrained-fcn", encoders["fcn_resnet50"],
+            "--trial-runner", trial_runner]
     env = {**os.environ, "RAY_ADDRESS": ray_cluster}
     experiment = tmp_path / "st" / "killed"
     driver = subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
@@ -116,7 +144,7 @@ def test_resume_after_the_driver_is_killed(ray_cluster: str, toy_root: Path, cac
             assert time.monotonic() < deadline, "no trial finished in time"
             time.sleep(0.5)
         finished = {p.parent.name for p in experiment.glob("trial_*/result.json") if _finished(p)}
-        checkpoint_times = {f: (experiment / "train" / f.replace("trial_", "trial-")).stat().st_mtime_ns for f in finished}
+        checkpoint_times = {f: _trial_checkpoint_mtime(experiment, f) for f in finished}
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
@@ -125,14 +153,22 @@ def test_resume_after_the_driver_is_killed(ray_cluster: str, toy_root: Path, cac
     assert refused.returncode == 2 and "--resume" in refused.stderr
     resumed = subprocess.run([sys.executable, *args, "--resume"], cwd=REPO, env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert_quiet_console(resumed.stdout + resumed.stderr)
     summary = pd.read_csv(experiment / "summary.csv")
     assert len(summary) == 4 and summary["trial_id"].is_unique and (summary["status"] == "done").all()
     for trial in finished:  # finished trials were not rerun
-        run_dir = experiment / "train" / trial.replace("trial_", "trial-")
-        assert run_dir.stat().st_mtime_ns == checkpoint_times[trial]
+        assert _trial_checkpoint_mtime(experiment, trial) == checkpoint_times[trial]
     for result in experiment.glob("trial_*/result.json"):
         epochs = _epochs(result)
         assert len(epochs) == len(set(epochs)), f"{result}: an epoch was reported twice: {epochs}"
+
+
+def _trial_checkpoint_mtime(experiment: Path, trial_folder: str) -> int:
+    """Latest modification time of a trial's checkpoint folders (either runner's): unchanged if it did not rerun."""
+    from study.layout import trial_checkpoints
+
+    found = trial_checkpoints(experiment, trial_folder.removeprefix("trial_"))
+    return max(Path(folder).stat().st_mtime_ns for folder, _ in found)
 
 
 def _finished(result_json: Path, epochs: int = 4) -> bool:

@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from study.data.sources import Source
+from segmodels.files import atomic_torch_save
 from study.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -62,10 +62,7 @@ def load_or_build(source: Source, image_size: tuple[int, int], cache_dir: str | 
     log.info("decoding %d %s/%s images at %dx%d into %s", len(source.indices), source.name, source.split, height, width, path)
     data = build(source, image_size)
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=cache_dir, suffix=".tmp", delete=False) as tmp:
-            torch.save(data, tmp)
-        os.replace(tmp.name, path)
+        atomic_torch_save(data, path)
     except OSError as exc:
         raise DataError(f"--cache-dir {cache_dir}: cannot write the dataset cache ({exc}); set --cache-dir or SEGSTUDY_CACHE to a writable folder") from None
     return data

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torchvision.datasets import Cityscapes, OxfordIIITPet
 
+from study.config import SPLITS
 from study.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -135,8 +136,8 @@ def cityscapes_source(root: str | Path, split: str) -> Source:
 
 
 def open_source(name: str, split: str, root: str | Path, download: bool = False) -> Source:
-    if split not in ("train", "val", "test"):
-        raise DataError(f"split: expected train, val or test, got {split!r}")
+    if split not in SPLITS:
+        raise DataError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"--data-root {root}: not a folder (expected {root}/oxford-iiit-pet and/or {root}/cityscapes)")

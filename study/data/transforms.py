@@ -22,16 +22,11 @@ def denormalize(images: torch.Tensor) -> torch.Tensor:
     return (images * std + mean).clamp(0, 1)
 
 
-def random_hflip(
-    images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator | None = None, p: float = 0.5
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flip each (image, mask) pair of a batch left-right together, with probability ``p``.
+def hflip_where(images: torch.Tensor, masks: torch.Tensor, flip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flip the (image, mask) pairs of a batch left-right where the boolean ``flip`` (N,) is true.
 
-    images: (N, C, H, W); masks: (N, H, W). The coin flips come from ``generator`` (on CPU)
-    so that a seeded run draws the same flips on any device.
+    images: (N, C, H, W); masks: (N, H, W); ``flip`` lives on their device, so nothing waits on the host.
     """
-    flip = torch.rand(images.shape[0], generator=generator) < p
-    flip = flip.to(images.device)
     images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
     masks = torch.where(flip.view(-1, 1, 1), masks.flip(-1), masks)
     return images, masks

@@ -1,4 +1,6 @@
-"""Score a checkpoint on a split: ``python -m analysis.evaluate --checkpoint best.pt --dataset pets --data-root R --split test --out DIR``.
+"""Score a checkpoint on a split.
+
+    python -m analysis.score --checkpoint best.pt --dataset pets --data-root R --split test --out DIR
 
 Writes ``DIR/metrics.json`` with ``miou``, ``per_class_iou``, ``pixel_accuracy``,
 ``confusion_matrix`` (rows: target class, columns: predicted class) and ``auc`` (one-vs-rest,
@@ -20,7 +22,7 @@ from sklearn.metrics import roc_curve
 
 from segmodels import SegModel, build_model
 from study.cli import OneLineParser, main_guard
-from study.config import DATASETS, DEVICES, TrainConfig
+from study.config import DATASETS, DEVICES, SPLITS, TrainConfig
 from study.data import SegDataset, build_dataset
 from study.data.transforms import denormalize, normalize
 from study.errors import ConfigError
@@ -46,11 +48,12 @@ def _clean(x: float) -> float | None:
     return None if x is None or math.isnan(x) else float(x)
 
 
-def metrics_dict(metric: SegMetric, class_names: tuple[str, ...] | list[str], loss: float | None = None) -> dict[str, Any]:
+def metrics_dict(metric: SegMetric, class_names: tuple[str, ...] | list[str],
+                 loss: float | None = None) -> dict[str, Any]:
     iou = metric.per_class_iou().tolist()
     out = {
         "miou": _clean(metric.miou()),
-        "per_class_iou": {name: _clean(v) for name, v in zip(class_names, iou)},
+        "per_class_iou": {name: _clean(v) for name, v in zip(class_names, iou, strict=True)},
         "pixel_accuracy": _clean(metric.pixel_accuracy()),
         "confusion_matrix": metric.confusion_matrix().tolist(),
         "class_names": list(class_names),
@@ -98,20 +101,21 @@ class _Collector:
                 self.predictions[index] = logits[row].argmax(0).cpu().numpy().astype(np.uint8)
 
 
-def evaluate_checkpoint(checkpoint_path: str | Path, dataset: str, data_root: str | Path, split: str = "test",
+def score_checkpoint(checkpoint_path: str | Path, dataset: str, data_root: str | Path, split: str = "test",
                         device: str = "auto", batch_size: int = 64, cache_dir: str | None = None,
                         figures: Path | None = None, title: str = "") -> dict[str, Any]:
     """Metrics (and, with ``figures``, the test figures) of a checkpoint on a split."""
     checkpoint = load_checkpoint(checkpoint_path)
     model, cfg = load_model(checkpoint)
-    data = build_dataset(dataset, split, data_root, cfg.image_size, cache_dir=cache_dir, augment=False)
+    data = build_dataset(dataset, split, data_root, cfg.image_size, cache_dir=cache_dir)
     if data.num_classes != len(checkpoint["class_names"]):
         raise ConfigError(f"--dataset {dataset}: has {data.num_classes} classes but {checkpoint_path} was trained on "
                           f"{len(checkpoint['class_names'])} ({cfg.dataset})")
     dev = resolve_device(device)
     model.to(dev)
     labelled = int((data.masks != data.ignore_index).sum())
-    examples = sorted(np.random.default_rng(0).choice(len(data), size=min(MASK_EXAMPLES, len(data)), replace=False).tolist())
+    examples = sorted(np.random.default_rng(0).choice(len(data), size=min(MASK_EXAMPLES, len(data)),
+                                                      replace=False).tolist())
     collect = _Collector(min(1.0, MAX_ROC_PIXELS / max(labelled, 1)), set(examples))
     metric, loss = evaluate(model, data.images.to(dev), data.masks.to(dev), data.num_classes, batch_size,
                             data.ignore_index, on_batch=collect)
@@ -123,31 +127,34 @@ def evaluate_checkpoint(checkpoint_path: str | Path, dataset: str, data_root: st
                    "checkpoint": str(checkpoint_path), "dataset": dataset, "split": split, "images": len(data),
                    "model": cfg.model, "init": cfg.init, "lr": cfg.lr, "gamma": cfg.gamma})
     if figures is not None:
-        write_test_figures(result, roc, data, examples, collect.predictions, figures, title or f"{cfg.model} {cfg.init}")
+        write_test_figures(result, roc, data, examples, collect.predictions, figures,
+                           title or f"{cfg.model} {cfg.init}")
     return result
 
 
-def write_test_figures(result: dict, roc: dict, data: SegDataset, examples: list[int], predictions: dict[int, np.ndarray],
-                       out: Path, title: str) -> list[Path]:
+def write_test_figures(result: dict, roc: dict, data: SegDataset, examples: list[int],
+                       predictions: dict[int, np.ndarray], out: Path, title: str) -> list[Path]:
     from analysis import figures as fig
 
     confusion = np.array(result["confusion_matrix"])
     images = (denormalize(normalize(data.images[examples])).permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)
     return [
-        fig.confusion_figure(confusion, data.class_names, f"{title}: confusion matrix ({data.split})", out / "confusion_matrix"),
-        fig.roc_figure(roc, f"{title}: ROC one-vs-rest ({data.split})", out / "roc", fig.class_palette(data.class_names)),
+        fig.confusion_figure(confusion, data.class_names, f"{title}: confusion matrix ({data.split})",
+                             out / "confusion_matrix"),
+        fig.roc_figure(roc, f"{title}: ROC one-vs-rest ({data.split})", out / "roc",
+                       fig.class_palette(data.class_names)),
         fig.masks_figure(images, data.masks[examples].numpy(), np.stack([predictions[i] for i in examples]),
-                         [data.files[i] for i in examples], data.class_names, f"{title}: predicted masks ({data.split})",
-                         out / "predicted_masks"),
+                         [data.files[i] for i in examples], data.class_names,
+                         f"{title}: predicted masks ({data.split})", out / "predicted_masks"),
     ]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = OneLineParser(prog="python -m analysis.evaluate", description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="a best.pt (study.train) or checkpoint.pt (study.run)")
+    parser = OneLineParser(prog="python -m analysis.score", description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="a best.pt (study.run_trial) or checkpoint.pt (study.run)")
     parser.add_argument("--dataset", choices=DATASETS, required=True)
     parser.add_argument("--data-root", required=True)
-    parser.add_argument("--split", choices=("train", "val", "test"), default="test")
+    parser.add_argument("--split", choices=SPLITS, default="test")
     parser.add_argument("--out", required=True, help="folder for metrics.json and the figures")
     parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -159,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     if (out / "metrics.json").exists():
         raise ConfigError(f"--out {out}: already holds metrics.json; choose another --out")
-    result = evaluate_checkpoint(args.checkpoint, args.dataset, args.data_root, args.split, args.device, args.batch_size,
-                                 args.cache_dir, figures=None if args.no_figures else out)
+    result = score_checkpoint(args.checkpoint, args.dataset, args.data_root, args.split, args.device,
+                                 args.batch_size, args.cache_dir, figures=None if args.no_figures else out)
     write_json(out / "metrics.json", result)
     log.info("%s %s: mIoU %.4f, pixel accuracy %.4f -> %s", args.dataset, args.split, result["miou"] or float("nan"),
              result["pixel_accuracy"] or float("nan"), out / "metrics.json")
@@ -168,4 +175,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main_guard("analysis.evaluate", main))
+    raise SystemExit(main_guard("analysis.score", main))

@@ -1,4 +1,4 @@
-"""One local trial, no Ray: ``python -m study.train --dataset pets --data-root R --model segformer ...``.
+"""One local trial, no Ray: ``python -m study.run_trial --dataset pets --data-root R --model segformer ...``.
 
 Writes ``OUT/config.json``, ``OUT/metrics.csv`` (one row per validation),
 ``OUT/best.pt`` (best weights by val mIoU) and ``OUT/last.pt`` (resumable state).
@@ -13,48 +13,17 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from segmodels import SegModel, build_model
-from study import storage
 from study.cli import OneLineParser, image_size_arg, main_guard
 from study.config import DATASETS, DEVICES, INITS, MODELS, PRECISIONS, SEGFORMER_VARIANTS, TrainConfig
-from study.data import SegDataset, build_dataset
 from study.errors import ConfigError
 from study.io import atomic_torch_save, load_checkpoint, write_csv, write_json
-from study.loop import METRIC_COLUMNS, TrainResult, ValidationEvent, seed_everything, train
+from study.loop import METRIC_COLUMNS, TrainResult, ValidationEvent, train
+from study.trial import build_trial_model, load_splits, model_checkpoint
 
 log = logging.getLogger(__name__)
 
-MODEL_FORMAT = "segstudy-model/1"
 # Options that may differ when resuming (where the data lives, how long to train, which device).
 RESUMABLE_CHANGES = {"data_root", "epochs", "device", "cache_dir"}
-
-
-def load_splits(cfg: TrainConfig) -> tuple[SegDataset, SegDataset]:
-    """Train and val splits of ``cfg.dataset`` (validated and cached on first use)."""
-    train_set = build_dataset(cfg.dataset, "train", cfg.data_root, cfg.image_size, cache_dir=cfg.cache_dir,
-                              download=bool(cfg.extra.get("download")))
-    val_set = build_dataset(cfg.dataset, "val", cfg.data_root, cfg.image_size, cache_dir=cfg.cache_dir)
-    return train_set, val_set
-
-
-def build_trial_model(cfg: TrainConfig, num_classes: int) -> SegModel:
-    pretrained = cfg.pretrained
-    if pretrained and storage.is_remote(pretrained) and cfg.init != "scratch":
-        pretrained = str(storage.local_copy(pretrained, cfg.cache_dir))  # e.g. the study's encoder on s3://
-    seed_everything(cfg.seed)
-    return build_model(cfg.model, num_classes, cfg.init, pretrained, cfg.variant)
-
-
-def model_checkpoint(cfg: TrainConfig, event: ValidationEvent, class_names: tuple[str, ...]) -> dict[str, Any]:
-    """What ``best.pt`` holds: enough to rebuild and evaluate the model without the run folder."""
-    return {
-        "format": MODEL_FORMAT,
-        "config": cfg.to_dict(),
-        "class_names": list(class_names),
-        "epoch": event.row["epoch"],
-        "val_miou": event.row["val_miou"],
-        "model_state": {k: v.detach().cpu() for k, v in event.model.state_dict().items()},
-    }
 
 
 def check_out_dir(cfg: TrainConfig, out: Path, resume: bool) -> dict[str, Any] | None:
@@ -71,16 +40,17 @@ def check_out_dir(cfg: TrainConfig, out: Path, resume: bool) -> dict[str, Any] |
     differing = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
     if differing:
         key = differing[0]
-        raise ConfigError(f"--{key.replace('_', '-')}: {current[key]!r} differs from the run in {out} ({saved.get(key)!r}); "
-                          "resume with the same settings or choose another --out")
+        raise ConfigError(f"--{key.replace('_', '-')}: {current[key]!r} differs from the run in {out} "
+                          f"({saved.get(key)!r}); resume with the same settings or choose another --out")
     return load_checkpoint(out / "last.pt", option="--resume")
 
 
-def run_local(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: bool = False) -> TrainResult:
+def run_local(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: bool = False,
+              download: bool = False) -> TrainResult:
     """Train one trial into ``out``. Everything is validated before anything is written."""
     out = Path(out)
     state = check_out_dir(cfg, out, resume)
-    train_set, val_set = load_splits(cfg)
+    train_set, val_set = load_splits(cfg, download=download)
     model = build_trial_model(cfg, train_set.num_classes)
     rows: list[dict[str, Any]] = []
     if state is not None:
@@ -122,7 +92,8 @@ def add_trial_options(parser: OneLineParser) -> None:
     parser.add_argument("--device", choices=DEVICES, default=d.device)
     parser.add_argument("--precision", choices=PRECISIONS, default=d.precision,
                         help="autocast dtype (auto: bf16 on CPUs with native bf16, fp32 elsewhere)")
-    parser.add_argument("--cache-dir", default=None, help="decoded-data cache (default $SEGSTUDY_CACHE or ~/.cache/segstudy)")
+    parser.add_argument("--cache-dir", default=None,
+                        help="decoded-data cache (default $SEGSTUDY_CACHE or ~/.cache/segstudy)")
     parser.add_argument("--download", action="store_true", help="download Oxford-IIIT Pet if missing (needs internet)")
 
 
@@ -131,12 +102,13 @@ def config_from_args(args: Any) -> TrainConfig:
         dataset=args.dataset, data_root=args.data_root, model=args.model, init=args.init, pretrained=args.pretrained,
         variant=args.variant, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, gamma=args.gamma,
         image_size=args.image_size, val_every=args.val_every, seed=args.seed, device=args.device,
-        precision=args.precision, cache_dir=args.cache_dir, extra={"download": True} if args.download else {},
+        precision=args.precision, cache_dir=args.cache_dir,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = OneLineParser(prog="python -m study.train", description="Train one segmentation trial locally (no Ray).")
+    parser = OneLineParser(prog="python -m study.run_trial",
+                           description="Train one segmentation trial locally (no Ray).")
     add_trial_options(parser)
     parser.add_argument("--out", default=None, help="run folder (default runs/DATASET-MODEL-INIT-seedSEED)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
@@ -144,9 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
     out = args.out or f"runs/{cfg.dataset}-{cfg.model}-{cfg.init}-seed{cfg.seed}"
-    run_local(cfg, out, resume=args.resume, progress=not args.no_progress)
+    run_local(cfg, out, resume=args.resume, progress=not args.no_progress, download=args.download)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main_guard("study.train", main))
+    raise SystemExit(main_guard("study.run_trial", main))

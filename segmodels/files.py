@@ -1,0 +1,36 @@
+"""The one atomic file write of the project: write beside the target, then rename over it.
+
+A reader (another trial, a resumed study, the analysis) never sees half a file, and a failed
+write leaves the previous file as it was. ``study.io`` and ``study.storage`` build on it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+import torch
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
+    """Call ``write(file)`` on a temporary file beside ``path``, then rename it to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
+                                     delete=False) as tmp:
+        try:
+            write(tmp)
+        except BaseException:
+            tmp.close()
+            os.unlink(tmp.name)
+            raise
+    os.replace(tmp.name, path)
+    return path
+
+
+def atomic_torch_save(obj: object, path: str | Path) -> Path:
+    """``torch.save`` through ``atomic_write``."""
+    return atomic_write(path, lambda f: torch.save(obj, f))

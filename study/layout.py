@@ -1,0 +1,117 @@
+"""Where a study's files live in ``STORAGE/NAME``, and finding checkpoints there by reading files only.
+
+No Ray and no running cluster is needed. ``docs/results-layout.md`` describes the layout in full:
+  trial_<id>/                    Ray Tune's trial folder: params.json, result.json, progress.csv; with the
+                                 Tune runner (one worker per trial) also the trial's checkpoint_*/ folders
+  train/<run>/checkpoint_*/      Ray Train runs: trials with the Train runner (``trial-<id>``) and pretraining
+      checkpoint.pt              model weights + resumable state (torch.load weights_only)
+      metrics.json               the validation row this checkpoint was saved at
+      history.csv                every validation row of the run up to this checkpoint
+  errors/<trial_id>.txt          a trial ended by an error that retrying cannot fix (first line: the message)
+  pretrained/<model>_encoder.pt  encoders from the Cityscapes stage
+  logs/                          Ray's worker output of this node, copied at the end
+  summary.csv, study.json, report/
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from study import storage
+
+TRAIN_RUNS = "train"
+ERRORS = "errors"
+LOGS = "logs"
+STUDY_FILE = "study.json"
+SUMMARY_FILE = "summary.csv"
+CHECKPOINT_FILE = "checkpoint.pt"
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.csv"
+TUNE_RESULT_FILE = "result.json"
+TUNE_PARAMS_FILE = "params.json"
+TUNE_ERROR_FILE = "error.txt"
+
+
+def trial_dirname(trial: object) -> str:
+    """Tune's folder for a trial: ``trial_<id>`` (passed to Tune as ``trial_dirname_creator``)."""
+    return f"trial_{trial.trial_id}"  # type: ignore[attr-defined]
+
+
+def train_run_name(trial_id: str) -> str:
+    """The Ray Train run name of a Tune trial: stable across restarts, no timestamp."""
+    return f"trial-{trial_id}"
+
+
+def trial_dir(experiment: str | Path, trial_id: str) -> str:
+    return storage.join(experiment, f"trial_{trial_id}")
+
+
+def error_file(experiment: str | Path, trial_id: str) -> str:
+    return storage.join(experiment, ERRORS, f"{trial_id}.txt")
+
+
+def checkpoints(run_dir: str | Path, with_weights: bool = True) -> list[tuple[str | Path, dict]]:
+    """(checkpoint folder, its metrics row) for every complete checkpoint in one folder, by epoch.
+
+    ``run_dir`` may be a storage URI (folders are then URIs too; local ones are Paths).
+    ``with_weights=False`` also counts folders whose ``checkpoint.pt`` is absent (a mirror that left
+    the weights behind).
+    """
+    files = set(storage.list_files(run_dir))
+    folders = sorted({f.split("/", 1)[0] for f in files if f.startswith("checkpoint_") and "/" in f})
+    found = []
+    for name in folders:
+        if f"{name}/{METRICS_FILE}" in files and (not with_weights or f"{name}/{CHECKPOINT_FILE}" in files):
+            folder = storage.join(run_dir, name)
+            metrics = json.loads(storage.read_bytes(storage.join(folder, METRICS_FILE)))
+            found.append((folder if storage.is_remote(folder) else Path(folder), metrics))
+    return sorted(found, key=lambda item: item[1]["epoch"])
+
+
+def trial_checkpoints(experiment: str | Path, trial_id: str,
+                      with_weights: bool = True) -> list[tuple[str | Path, dict]]:
+    """Every checkpoint of a Tune trial, whichever runner trained it: the Tune runner keeps them in the
+    trial's own folder, the Train runner in ``train/trial-<id>``."""
+    found = [*checkpoints(trial_dir(experiment, trial_id), with_weights),
+             *checkpoints(storage.join(experiment, TRAIN_RUNS, train_run_name(trial_id)), with_weights)]
+    return sorted(found, key=lambda item: item[1]["epoch"])
+
+
+def best_checkpoint(found: list[tuple[str | Path, dict]], metric: str = "val_miou",
+                    max_epoch: int | None = None) -> str | Path | None:
+    """The checkpoint file with the highest ``metric`` among ``found`` (earliest wins a tie), or None.
+
+    ``max_epoch`` ignores checkpoints written after Tune had already stopped the trial (a Train
+    worker can save one more before the stop reaches it).
+    """
+    kept = [item for item in found if max_epoch is None or item[1]["epoch"] <= max_epoch]
+    if not kept:
+        return None
+    folder, _ = max(kept, key=lambda item: (item[1][metric], -item[1]["epoch"]))
+    return storage.join(folder, CHECKPOINT_FILE) if storage.is_remote(folder) else Path(folder) / CHECKPOINT_FILE
+
+
+def tune_results(experiment: str | Path, trial_id: str) -> list[dict]:
+    """The rows Tune recorded for a trial (``result.json``; a line still being written is skipped)."""
+    path = storage.join(trial_dir(experiment, trial_id), TUNE_RESULT_FILE)
+    try:
+        text = storage.read_bytes(path).decode()
+    except (FileNotFoundError, OSError):
+        return []
+    rows = []
+    for line in text.splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def best_trial_checkpoint(experiment: str | Path, trial_id: str, with_weights: bool = True) -> str | Path | None:
+    """A trial's best checkpoint within the epochs Tune saw: the one answer the summary, the analysis and
+    ``--resume`` use, for either runner."""
+    epochs = [row["epoch"] for row in tune_results(experiment, trial_id) if "epoch" in row]
+    if not epochs:
+        return None
+    return best_checkpoint(trial_checkpoints(experiment, trial_id, with_weights), max_epoch=max(epochs))

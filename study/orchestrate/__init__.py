@@ -1,0 +1,103 @@
+"""The Ray layer of segstudy, and the only place in ``study/`` that imports Ray.
+
+``run_study`` runs a study in stages, each announced on one line: checks and data (before Ray
+starts, ``study.preflight``), Ray (``cluster``), the Cityscapes stage (``pretrain``, Ray Train),
+the trials (``tuner`` with the two ``runners``) and the summary (``study.summary``, read from disk).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import ray
+
+from study import storage
+from study.config import parse_image_size
+from study.io import csv_text, json_text
+from study.layout import STUDY_FILE, SUMMARY_FILE
+from study.orchestrate.cluster import (
+    DRIVER_RESOURCE,
+    autoscaler_capacity,
+    check_cluster_resources,
+    copy_worker_logs,
+    dashboard_url,
+    driver_request,
+    plan_resources,
+    start_ray,
+)
+from study.orchestrate.console import TrialTable, print_summary, say
+from study.orchestrate.pretrain import pretrain_encoders
+from study.orchestrate.tuner import run_tune
+from study.preflight import preflight
+from study.settings import StudySettings
+from study.summary import SUMMARY_COLUMNS, load_history, summary_table
+
+__all__ = ["DRIVER_RESOURCE", "autoscaler_capacity", "driver_request", "plan_resources", "run_study", "start_ray"]
+
+log = logging.getLogger(__name__)
+
+
+def run_study(settings: StudySettings) -> pd.DataFrame:
+    started = time.monotonic()
+    preflight(settings)
+    height, width = parse_image_size(settings.image_size)
+    say(f"data and encoders checked: {settings.dataset} at {settings.data_root}, {height}x{width} px")
+    started_here, recorded = start_ray(settings), False
+    try:
+        where = f"dashboard {dashboard_url()}" if dashboard_url() else "no dashboard"
+        say(f"Ray {'started' if started_here else 'joined'} ({where}); trials run with the {settings.runner} runner")
+        check_cluster_resources(settings, announce=say)
+        record_settings(settings)
+        recorded = True  # from here on the experiment folder exists: Ray's logs go there too
+        pretrained = pretrain_encoders(settings, announce=say)
+        say(f"trials: {settings.num_samples if settings.searcher != 'grid' else len(settings.points)} "
+            f"({settings.searcher}, {settings.scheduler}), up to {settings.max_concurrent} at once")
+        run_tune(settings, pretrained, TrialTable(settings))
+        summary = write_summary(settings)
+    finally:
+        logs = copy_worker_logs(settings.experiment_dir, settings.native_stderr_log) if recorded else None
+        if started_here:
+            ray.shutdown()  # stops a local Ray we started; only disconnects from a cluster
+    print_summary(settings, summary)
+    if logs:
+        say(f"Ray's worker output: {storage.display(logs)}")
+    if settings.report:
+        say(f"report: {storage.display(make_report(settings))}")
+    say(f"done in {time.monotonic() - started:.0f} s")
+    return summary
+
+
+def record_settings(settings: StudySettings) -> None:
+    """Write STORAGE/NAME/study.json once (kept on resume): what the analysis needs to read the study."""
+    target = storage.join(settings.experiment_dir, STUDY_FILE)
+    if not storage.exists(target):
+        data = {k: v for k, v in dataclasses.asdict(settings).items()
+                if k not in ("resume", "verbose", "native_stderr_log")}
+        storage.write_bytes(target, json_text(data).encode())
+
+
+def write_summary(settings: StudySettings) -> pd.DataFrame:
+    """summary.csv: one row per trial, ranked by best val mIoU (``study.summary``, from the files on storage)."""
+    summary = summary_table(load_history(settings.experiment_dir, settings.epochs, finished=True,
+                                         default_seed=settings.seed))
+    storage.write_bytes(storage.join(settings.experiment_dir, SUMMARY_FILE),
+                        csv_text(summary.to_dict("records"), SUMMARY_COLUMNS).encode())
+    return summary
+
+
+def make_report(settings: StudySettings) -> str:
+    """analysis.report into STORAGE/NAME/report (written locally, then copied when storage is remote)."""
+    from analysis import report
+
+    target = storage.join(settings.experiment_dir, "report")
+    with tempfile.TemporaryDirectory(prefix="segstudy-report-") as tmp:
+        local = target if not storage.is_remote(target) else Path(tmp) / "report"
+        report.write_report(settings.experiment_dir, settings.data_root, local, cache_dir=settings.cache_dir)
+        if local != target:
+            storage.upload(local, target)
+    return storage.join(target, "report.md")

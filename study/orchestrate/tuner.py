@@ -1,0 +1,95 @@
+"""The Tuner: the search (Optuna TPE or the report's grid), ASHA, the trial runner, retention, restarts."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import optuna
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import BasicVariantGenerator
+from ray.tune.search.optuna import OptunaSearch
+
+from study import storage
+from study.layout import trial_dirname
+from study.orchestrate.cluster import driver_request
+from study.orchestrate.console import TrialTable
+from study.orchestrate.runners import KEEP_CHECKPOINTS, MAX_FAILURES, train_trial, tune_trial
+from study.settings import StudySettings
+
+
+def tune_space(space: dict[str, Any]) -> dict[str, Any]:
+    kinds = {"choice": lambda v: tune.choice(v[0]), "loguniform": lambda v: tune.loguniform(*v),
+             "uniform": lambda v: tune.uniform(*v)}
+    return {name: kinds[spec[0]](spec[1:]) for name, spec in space.items()}
+
+
+def trainable(settings: StudySettings, pretrained: dict[str, str]) -> Any:
+    """The trial runner for ``settings.runner``, with its resource request."""
+    base = settings.trial_base(pretrained)
+    if settings.runner == "tune":  # the trial process trains: it holds the trial's CPUs and GPU share
+        fn = tune.with_parameters(tune_trial, base=base, experiment_dir=settings.experiment_dir)
+        return tune.with_resources(fn, {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial or 0})
+    resources = {"workers": settings.workers_per_trial, "cpus": settings.cpus_per_trial,
+                 "gpus": settings.gpus_per_trial}
+    fn = tune.with_parameters(train_trial, base=base, resources=resources, experiment_dir=settings.experiment_dir)
+    return tune.with_resources(fn, driver_request())  # the Train workers hold the trial's resources
+
+
+def run_config(settings: StudySettings, table: TrialTable) -> tune.RunConfig:
+    return tune.RunConfig(
+        name=settings.name, storage_path=settings.storage, callbacks=[table, *wandb_callbacks(settings)],
+        verbose=2 if settings.verbose else 0,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS, checkpoint_score_attribute="val_miou",
+                                                checkpoint_score_order="max"),
+        failure_config=tune.FailureConfig(max_failures=MAX_FAILURES if settings.runner == "tune" else 0),
+    )
+
+
+def run_tune(settings: StudySettings, pretrained: dict[str, str], table: TrialTable) -> Any:
+    # A trial ended by an error that retrying cannot fix returns without a result (runners.py); Tune's strict
+    # check would take that final, metric-less result for a misspelt metric and abort the whole study.
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    fn = trainable(settings, pretrained)
+    if settings.resume and tune.Tuner.can_restore(settings.experiment_dir):
+        # The restored run config (callbacks included) is the one saved when the study started.
+        tuner = tune.Tuner.restore(settings.experiment_dir, trainable=fn, resume_unfinished=True, resume_errored=True)
+        return tuner.fit()
+
+    if settings.searcher == "grid":  # the report's grid: exactly these configurations
+        values = {k: sorted({p[k] for p in settings.points}) for k in settings.points[0]}
+        param_space = {k: tune.choice(v) for k, v in values.items()}
+        search_alg = BasicVariantGenerator(points_to_evaluate=settings.points, random_state=settings.seed)
+        num_samples = len(settings.points)
+    else:
+        param_space = tune_space(settings.space)
+        search_alg = OptunaSearch(metric="val_miou", mode="max", seed=settings.seed,
+                                  sampler=optuna.samplers.TPESampler(seed=settings.seed),
+                                  points_to_evaluate=settings.points[: settings.num_samples] or None)
+        num_samples = settings.num_samples
+    if settings.scheduler == "asha":
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=settings.epochs, grace_period=settings.grace_period,
+                                  reduction_factor=settings.reduction_factor)
+    else:
+        scheduler = FIFOScheduler()
+    tuner = tune.Tuner(
+        fn,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(metric="val_miou", mode="max", search_alg=search_alg, scheduler=scheduler,
+                                    num_samples=num_samples, max_concurrent_trials=settings.max_concurrent or None,
+                                    trial_dirname_creator=trial_dirname, reuse_actors=settings.runner == "tune"),
+        run_config=run_config(settings, table),
+    )
+    return tuner.fit()
+
+
+def wandb_callbacks(settings: StudySettings) -> list:
+    if not settings.wandb:
+        return []
+    from ray.air.integrations.wandb import WandbLoggerCallback
+
+    # The key only ever comes from the environment; without one (or with WANDB_MODE=offline), runs are written offline.
+    mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+    return [WandbLoggerCallback(project="segstudy", group=settings.name, mode=mode, log_config=True,
+                                dir=None if storage.is_remote(settings.storage) else settings.experiment_dir)]

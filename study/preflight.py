@@ -1,0 +1,110 @@
+"""Everything a study checks before Ray starts, so a mistake costs seconds and one line, not a cluster.
+
+The experiment folder (refused if it holds a study, unless ``--resume``), the data (decoded and
+validated once, which also fills the cache), and every encoder source the trials will load.
+No Ray here: these run in the CLI's process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from study import storage
+from study.errors import ConfigError, UsageError
+from study.settings import StudySettings
+
+log = logging.getLogger(__name__)
+
+NEEDS_ENCODER = ("finetune", "freeze")
+DEFAULT_ENCODER = {"fcn_resnet50": "imagenet"}  # SegFormer's default is the study's own Cityscapes stage
+
+
+def check_experiment_dir(settings: StudySettings) -> None:
+    """Refuse to overwrite a study (or to resume nothing), then probe that the storage is writable."""
+    shown = storage.display(settings.experiment_dir)
+    try:
+        exists = bool(storage.list_files(settings.experiment_dir))
+        if exists and not settings.resume:
+            raise ConfigError(f"--name {settings.name}: {shown} already holds an experiment; pass --resume to "
+                              "continue it or choose another --name")
+        if settings.resume and not exists:
+            raise ConfigError(f"--resume: nothing to resume in {shown}")
+        probe = storage.join(settings.storage, f".segstudy-write-test-{os.getpid()}")
+        storage.write_bytes(probe, b"")
+        storage.delete_file(probe)
+    except (OSError, ValueError) as exc:  # pyarrow: unknown scheme, no bucket, no credentials, access denied
+        message = getattr(exc, "strerror", None) or (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise ConfigError(f"--storage {storage.display(settings.storage)}: not usable ({message})") from None
+
+
+def trial_arms(settings: StudySettings) -> set[tuple[str, str]]:
+    """Every (model, init) pair the study may run."""
+    arms = {(p["model"], p["init"]) for p in settings.points}
+    if settings.space:
+        arms |= {(m, i) for m in settings.space["model"][1] for i in settings.space["init"][1]}
+    return arms
+
+
+def given_source(settings: StudySettings, model: str) -> str | None:
+    return settings.pretrained_segformer if model == "segformer" else settings.pretrained_fcn
+
+
+def models_to_pretrain(settings: StudySettings) -> list[str]:
+    needed = {m for m, i in trial_arms(settings) if i in NEEDS_ENCODER}
+    return [m for m in settings.pretrain.get("models", []) if m in needed and not given_source(settings, m)]
+
+
+def encoder_sources(settings: StudySettings) -> dict[str, str]:
+    """The encoder source of every model whose trials need one and that no pretraining stage makes."""
+    needed = {m for m, i in trial_arms(settings) if i in NEEDS_ENCODER}
+    staged = set(models_to_pretrain(settings))
+    sources = {}
+    for model in sorted(needed - staged):
+        source = given_source(settings, model) or DEFAULT_ENCODER.get(model)
+        if source is None:
+            raise ConfigError(f"--pretrained-{model.split('_')[0]}: the trials fine-tune or freeze {model} and no "
+                              "encoder source is given")
+        sources[model] = source
+    return sources
+
+
+def check_encoders(settings: StudySettings) -> None:
+    """Load every encoder source the trials will need once, here: one that is unavailable (offline, a
+    missing file, the wrong model) stops the study now instead of failing each trial inside Ray."""
+    from segmodels import build_model
+
+    for model, source in encoder_sources(settings).items():
+        option = f"--pretrained-{model.split('_')[0]}"
+        if storage.is_remote(source):
+            if not storage.is_file(source):
+                raise ConfigError(f"{option} {storage.display(source)}: no such file")
+            continue
+        try:
+            build_model(model, 3, "finetune", source)
+        except UsageError as exc:  # the model's one-line error, named after the study's option
+            raise type(exc)(str(exc).replace("--pretrained ", f"{option} ", 1)) from None
+        log.info("encoder for %s: %s (checked)", model, source)
+
+
+def prepare_data(settings: StudySettings) -> None:
+    """Write the toy data if the preset uses it, then decode + validate every split once (fills the cache)."""
+    from study.data import build_dataset
+    from study.data.toy import toy_exists, write_toy
+
+    root = Path(settings.data_root)
+    if settings.toy and not toy_exists(root):
+        write_toy(root)
+    for split in ("train", "val"):
+        build_dataset(settings.dataset, split, root, settings.image_size, cache_dir=settings.cache_dir)
+    if models_to_pretrain(settings):  # one pretraining dataset, whichever models use it
+        for split in ("train", "val"):
+            build_dataset(settings.pretrain["dataset"], split, root, settings.pretrain["image_size"],
+                          cache_dir=settings.cache_dir)
+
+
+def preflight(settings: StudySettings) -> None:
+    check_experiment_dir(settings)
+    prepare_data(settings)
+    check_encoders(settings)

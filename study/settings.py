@@ -1,0 +1,108 @@
+"""A study's settings: a preset's values with the command line's overrides, checked before Ray starts."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from study import storage
+from study.config import TRIAL_RUNNERS, TrainConfig, parse_image_size
+from study.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StudySettings:
+    """A preset's values with the command line's overrides applied (names match the options)."""
+
+    preset: str = "demo"
+    name: str = ""
+    storage: str = "results"
+    data_root: str = "data/toy"
+    toy: bool = False
+    dataset: str = "pets"
+    epochs: int = 6
+    batch_size: int = 16
+    image_size: Any = "32"
+    val_every: int = 2
+    seed: int = 0
+    num_samples: int = 8
+    max_concurrent: int = 0  # 0: as many as resources allow
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float | None = None  # None: 1 if the cluster has GPUs, else 0
+    workers_per_trial: int = 1
+    trial_runner: str = "auto"  # auto: Tune runs one-worker trials itself, Ray Train runs DDP trials
+    pretrain_workers: int | None = None  # None: every GPU of one node when the cluster has GPUs, else 1
+    autoscaler_config: str | None = None  # None: the running autoscaler's, else ~/ray_bootstrap_config.yaml
+    scheduler: str = "asha"
+    searcher: str = "optuna"
+    grace_period: int = 2
+    reduction_factor: int = 2
+    space: dict[str, Any] = field(default_factory=dict)
+    points: list[dict[str, Any]] = field(default_factory=list)
+    pretrain: dict[str, Any] = field(default_factory=dict)
+    pretrained_segformer: str | None = None
+    pretrained_fcn: str | None = None
+    precision: str = "auto"
+    cache_dir: str | None = None
+    wandb: bool = False
+    resume: bool = False
+    report: bool = True
+    verbose: bool = False
+    native_stderr_log: str | None = None  # where the CLI sent native (C++) stderr; copied into logs/ at the end
+
+    @property
+    def experiment_dir(self) -> str:
+        return storage.join(self.storage, self.name)
+
+    def trial_base(self, pretrained_by_model: dict[str, str]) -> dict[str, Any]:
+        """The TrainConfig fields every trial shares (Tune samples model, init, lr, gamma)."""
+        return {"dataset": self.dataset, "data_root": self.data_root, "epochs": self.epochs,
+                "batch_size": self.batch_size, "image_size": list(parse_image_size(self.image_size)),
+                "val_every": self.val_every, "seed": self.seed, "precision": self.precision,
+                "cache_dir": self.cache_dir, "pretrained_by_model": pretrained_by_model}
+
+    def validate(self) -> None:
+        models = {p["model"] for p in self.points} | set(self.space.get("model", ("choice", []))[1])
+        for model in sorted(models) or ["fcn_resnet50"]:  # the trial-level ranges, named as options
+            TrainConfig(dataset=self.dataset, model=model, epochs=self.epochs, batch_size=self.batch_size,
+                        image_size=self.image_size, val_every=self.val_every, seed=self.seed,
+                        precision=self.precision)
+        checks = [("num-samples", self.num_samples >= 1, "an integer >= 1"),
+                  ("max-concurrent", self.max_concurrent >= 0, "an integer >= 0"),
+                  ("cpus-per-trial", self.cpus_per_trial > 0, "a number > 0"),
+                  ("gpus-per-trial", self.gpus_per_trial is None or self.gpus_per_trial >= 0, "a number >= 0"),
+                  ("workers-per-trial", self.workers_per_trial >= 1, "an integer >= 1")]
+        for option, ok, expected in checks:
+            if not ok:
+                raise ConfigError(f"--{option}: expected {expected}, got {getattr(self, option.replace('-', '_'))!r}")
+        if self.gpus_per_trial and self.workers_per_trial > 1 and not float(self.gpus_per_trial).is_integer():
+            raise ConfigError(f"--gpus-per-trial: DDP trials ({self.workers_per_trial} workers) need whole GPUs, "
+                              f"got {self.gpus_per_trial}")
+        if self.name and (os.sep in self.name or self.name.startswith(".")):
+            raise ConfigError(f"--name: expected a plain folder name, got {self.name!r}")
+        if self.trial_runner not in TRIAL_RUNNERS:
+            raise ConfigError(f"--trial-runner: expected one of {', '.join(TRIAL_RUNNERS)}, got {self.trial_runner!r}")
+        if self.trial_runner == "tune" and self.workers_per_trial > 1:
+            raise ConfigError(f"--trial-runner tune: runs one worker per trial, but --workers-per-trial is "
+                              f"{self.workers_per_trial}; use --trial-runner train (or auto) for DDP trials")
+        if self.autoscaler_config and not os.path.isfile(self.autoscaler_config):
+            raise ConfigError(f"--autoscaler-config {self.autoscaler_config}: no such file")
+        if self.pretrain_workers is not None and self.pretrain_workers < 1:
+            raise ConfigError(f"--pretrain-workers: expected an integer >= 1, got {self.pretrain_workers!r}")
+        if self.pretrain and self.pretrain.get("epochs", 1) < 1:
+            raise ConfigError(f"--preset {self.preset}: pretraining epochs must be >= 1")
+        if self.scheduler == "asha" and self.grace_period > self.epochs:
+            log.warning("ASHA's grace period (%d epochs) is longer than --epochs %d: clamped to %d",
+                        self.grace_period, self.epochs, self.epochs)
+            self.grace_period = self.epochs
+
+    @property
+    def runner(self) -> str:
+        """The trial runner in effect: ``tune`` (the loop inside Tune's trainable) or ``train`` (Ray Train)."""
+        if self.trial_runner != "auto":
+            return self.trial_runner
+        return "train" if self.workers_per_trial > 1 else "tune"

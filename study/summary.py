@@ -1,0 +1,126 @@
+"""The one trial summary: every trial of a study, read from its files (no Ray, works on a running study).
+
+``load_history`` gives one row per trial per validation; ``summary_table`` reduces it to one row per
+trial with ``SUMMARY_COLUMNS``. ``study.run`` writes ``summary.csv`` from it and ``analysis`` reads
+the same table, so both agree on names and on what "stopped early" or "error" means.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+
+from study import storage
+from study.layout import (
+    ERRORS,
+    TUNE_ERROR_FILE,
+    TUNE_PARAMS_FILE,
+    best_trial_checkpoint,
+    error_file,
+    trial_dir,
+    tune_results,
+)
+
+HYPERPARAMETERS = ("model", "init", "lr", "gamma")  # what Tune samples for a trial
+SUMMARY_COLUMNS = ("trial_id", "model", "init", "lr", "gamma", "seed", "epochs", "best_val_miou", "best_epoch",
+                   "stopped_early", "status", "stop_reason", "error", "best_checkpoint")
+METRICS = ("train_loss", "train_miou", "val_loss", "val_miou")
+
+
+def trial_ids(experiment: str) -> list[str]:
+    """Ids of the Tune trials in a study folder: each folder with a params.json (or, for a trial that failed
+    before it started, Tune's error.txt) that Tune's latest experiment state lists or that holds results or
+    an error. A driver stopped while Tune was creating a trial can leave a folder that the resumed study
+    never runs (it is not in the restored state): that one is not a trial."""
+    files = set(storage.list_files(experiment))
+    folders = sorted({f.split("/", 1)[0] for f in files if f.startswith("trial_") and f.count("/") == 1
+                      and f.endswith(("/" + TUNE_PARAMS_FILE, "/" + TUNE_ERROR_FILE))})
+    known = tune_state_trial_ids(experiment, files)
+    ids = [folder.removeprefix("trial_") for folder in folders]
+    return [i for i in ids
+            if known is None or i in known or f"{ERRORS}/{i}.txt" in files
+            or f"trial_{i}/{TUNE_ERROR_FILE}" in files or tune_results(experiment, i)]
+
+
+def tune_state_trial_ids(experiment: str, files: set[str]) -> set[str] | None:
+    """The trial ids in Tune's latest ``experiment_state-*.json``, or None before Tune has written one."""
+    states = sorted(f for f in files if f.startswith("experiment_state-") and f.endswith(".json"))
+    if not states:
+        return None
+    try:
+        data = json.loads(storage.read_bytes(storage.join(experiment, states[-1])))
+        return {json.loads(entry[0])["trial_id"] for entry in data.get("trial_data", [])}
+    except (ValueError, KeyError, TypeError, IndexError):  # a format we do not know: count every folder
+        return None
+
+
+def trial_error(experiment: str, trial_id: str) -> str:
+    """The one-line error of a trial that failed: segstudy's record (an error retrying cannot fix) or
+    the last line of Ray Tune's error.txt (after its retries); empty when it did not fail."""
+    for path in (error_file(experiment, trial_id), storage.join(trial_dir(experiment, trial_id), TUNE_ERROR_FILE)):
+        if storage.is_file(path):
+            lines = [line for line in storage.read_bytes(path).decode(errors="replace").splitlines() if line.strip()]
+            if lines:
+                return lines[0] if path.endswith(f"{ERRORS}/{trial_id}.txt") else lines[-1].strip()
+    return ""
+
+
+def load_history(experiment: str, max_epochs: int | None = None, finished: bool = False,
+                 default_seed: int = 0) -> pd.DataFrame:
+    """Every validation row of every trial, with the trial's configuration, status and best checkpoint.
+
+    ``max_epochs``: the study's epochs (a trial that reached them completed); ``finished``: the study
+    has ended, so a trial short of them was stopped early rather than still running.
+    """
+    frames = []
+    for trial_id in trial_ids(experiment):
+        params_file = storage.join(trial_dir(experiment, trial_id), TUNE_PARAMS_FILE)
+        params = json.loads(storage.read_bytes(params_file)) if storage.is_file(params_file) else {}
+        rows = tune_results(experiment, trial_id)
+        frame = pd.DataFrame(rows) if rows else pd.DataFrame({"epoch": [math.nan]})  # a row even without results
+        frame = frame.rename(columns={"lr": "epoch_lr"})
+        frame["trial_id"] = trial_id
+        for key in HYPERPARAMETERS:
+            frame[key] = params.get(key)
+        frame["seed"] = params.get("seed", default_seed)
+        reached = int(frame["epoch"].max()) if frame["epoch"].notna().any() else 0
+        error = trial_error(experiment, trial_id)
+        if error:
+            status, reason = "error", "error"
+        elif max_epochs is None or reached >= max_epochs:
+            status, reason = "done", "completed"
+        else:
+            status, reason = ("done", "stopped early (ASHA)") if finished else ("running", "running or interrupted")
+        frame["epochs_reached"] = reached
+        frame["status"], frame["stop_reason"], frame["error"] = status, reason, error
+        frame["stopped_early"] = reason.startswith("stopped")
+        best = best_trial_checkpoint(experiment, trial_id)
+        frame["best_checkpoint"] = str(best) if best else ""
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=["trial_id", *HYPERPARAMETERS, "seed", "epoch", *METRICS])
+    history = pd.concat(frames, ignore_index=True)
+    keep = ["trial_id", *HYPERPARAMETERS, "seed", "epoch", *METRICS, "epoch_lr", "images_per_s", "node_id",
+            "epochs_reached", "status", "stop_reason", "stopped_early", "error", "best_checkpoint"]
+    return history[[c for c in keep if c in history.columns]].sort_values(["trial_id", "epoch"]).reset_index(drop=True)
+
+
+def summary_table(history: pd.DataFrame) -> pd.DataFrame:
+    """One row per trial (``SUMMARY_COLUMNS`` plus any extra per-trial column such as ``strategy``),
+    ranked by best val mIoU."""
+    per_trial = [c for c in history.columns if c not in (*METRICS, "epoch", "epoch_lr", "images_per_s", "node_id")]
+    rows = []
+    for trial_id, group in history.groupby("trial_id", sort=False):
+        first = group.iloc[0]
+        scored = group.dropna(subset=["val_miou"]) if "val_miou" in group else group.iloc[0:0]
+        best = scored.loc[scored["val_miou"].idxmax()] if len(scored) else None
+        row = {c: first[c] for c in per_trial}
+        row.update(trial_id=trial_id, epochs=int(first["epochs_reached"]),
+                   best_val_miou=float(best["val_miou"]) if best is not None else math.nan,
+                   best_epoch=int(best["epoch"]) if best is not None else 0)
+        rows.append(row)
+    columns = [*SUMMARY_COLUMNS, *(c for c in per_trial if c not in SUMMARY_COLUMNS and c != "epochs_reached")]
+    table = pd.DataFrame(rows, columns=columns)
+    return table.sort_values("best_val_miou", ascending=False, na_position="last").reset_index(drop=True)
