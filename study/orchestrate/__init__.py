@@ -50,7 +50,7 @@ def run_study(settings: StudySettings) -> pd.DataFrame:
     started_here, recorded = start_ray(settings), False
     try:
         where = f"dashboard {dashboard_url()}" if dashboard_url() else "no dashboard"
-        say(f"Ray {'started' if started_here else 'joined'} ({where}); trials run with the {settings.runner} runner")
+        say(f"Ray {started_here or 'joined'} ({where}); trials run with the {settings.runner} runner")
         check_cluster_resources(settings, announce=say)
         record_settings(settings)
         recorded = True  # from here on the experiment folder exists: Ray's logs go there too

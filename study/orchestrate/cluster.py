@@ -47,8 +47,10 @@ def ray_env(settings: StudySettings, address: str, joined: bool) -> dict[str, st
     return {k: os.environ.get(k, v) for k, v in env.items()}
 
 
-def start_ray(settings: StudySettings | None = None, num_cpus: int | None = None) -> bool:
+def start_ray(settings: StudySettings | None = None, num_cpus: int | None = None) -> str:
     """Join the cluster at RAY_ADDRESS (or the Ray this process already runs), else start a local one.
+    Returns ``"joined"`` or ``"started"`` (then ``ray.shutdown`` is ours to call), or ``""`` when this
+    process was already connected.
 
     Every Ray process of the study gets RAY_ADDRESS in its environment: Ray Train's placement-group
     cleaner looks the cluster up through the State API, and with no address and a second Ray instance
@@ -58,7 +60,7 @@ def start_ray(settings: StudySettings | None = None, num_cpus: int | None = None
     settings = settings or StudySettings()
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     if ray.is_initialized():
-        return False
+        return ""
     quiet = not settings.verbose
     if quiet:
         for name in QUIET_LOGGERS:
@@ -70,7 +72,7 @@ def start_ray(settings: StudySettings | None = None, num_cpus: int | None = None
         env = ray_env(settings, address, joined=True)
         os.environ.update(env)
         _remember(ray.init(address=address, runtime_env={"env_vars": env}, **options))
-        return True
+        return "joined"
     with socket.socket() as probe:  # a free port for the GCS, so the address is known before Ray starts
         probe.bind(("", 0))
         port = probe.getsockname()[1]
@@ -86,7 +88,7 @@ def start_ray(settings: StudySettings | None = None, num_cpus: int | None = None
     if ray.get_runtime_context().gcs_address != address:
         log.warning("Ray started at %s, not %s: trials stopped early may not release their resources",
                     ray.get_runtime_context().gcs_address, address)
-    return True
+    return "started"
 
 
 _dashboard: dict[str, str] = {}
