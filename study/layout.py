@@ -33,9 +33,14 @@ TUNE_PARAMS_FILE = "params.json"
 TUNE_ERROR_FILE = "error.txt"
 
 
+def trial_folder(trial_id: str) -> str:
+    """The name of a Tune trial's folder in ``STORAGE/NAME``: ``trial_<id>``."""
+    return f"trial_{trial_id}"
+
+
 def trial_dirname(trial: object) -> str:
-    """Tune's folder for a trial: ``trial_<id>`` (passed to Tune as ``trial_dirname_creator``)."""
-    return f"trial_{trial.trial_id}"  # type: ignore[attr-defined]
+    """Tune's ``trial_dirname_creator``: every trial's folder is ``trial_folder(its id)``."""
+    return trial_folder(trial.trial_id)  # type: ignore[attr-defined]
 
 
 def train_run_name(trial_id: str) -> str:
@@ -44,7 +49,7 @@ def train_run_name(trial_id: str) -> str:
 
 
 def trial_dir(experiment: str | Path, trial_id: str) -> str:
-    return storage.join(experiment, f"trial_{trial_id}")
+    return storage.join(experiment, trial_folder(trial_id))
 
 
 def error_file(experiment: str | Path, trial_id: str) -> str:
@@ -97,7 +102,7 @@ def tune_results(experiment: str | Path, trial_id: str) -> list[dict]:
     path = storage.join(trial_dir(experiment, trial_id), TUNE_RESULT_FILE)
     try:
         text = storage.read_bytes(path).decode()
-    except (FileNotFoundError, OSError):
+    except OSError:  # not written yet (FileNotFoundError), or unreadable
         return []
     rows = []
     for line in text.splitlines():
@@ -108,10 +113,13 @@ def tune_results(experiment: str | Path, trial_id: str) -> list[dict]:
     return rows
 
 
-def best_trial_checkpoint(experiment: str | Path, trial_id: str, with_weights: bool = True) -> str | Path | None:
+def best_trial_checkpoint(experiment: str | Path, trial_id: str, with_weights: bool = True,
+                          epochs_seen: int | None = None) -> str | Path | None:
     """A trial's best checkpoint within the epochs Tune saw: the one answer the summary, the analysis and
-    ``--resume`` use, for either runner."""
-    epochs = [row["epoch"] for row in tune_results(experiment, trial_id) if "epoch" in row]
-    if not epochs:
+    ``--resume`` use, for either runner. ``epochs_seen`` (the last epoch in Tune's results) is read from
+    ``result.json`` unless the caller has it already."""
+    if epochs_seen is None:
+        epochs_seen = max((row["epoch"] for row in tune_results(experiment, trial_id) if "epoch" in row), default=0)
+    if not epochs_seen:
         return None
-    return best_checkpoint(trial_checkpoints(experiment, trial_id, with_weights), max_epoch=max(epochs))
+    return best_checkpoint(trial_checkpoints(experiment, trial_id, with_weights), max_epoch=epochs_seen)

@@ -20,6 +20,7 @@ from study.layout import (
     best_trial_checkpoint,
     error_file,
     trial_dir,
+    trial_folder,
     tune_results,
 )
 
@@ -35,13 +36,13 @@ def trial_ids(experiment: str) -> list[str]:
     an error. A driver stopped while Tune was creating a trial can leave a folder that the resumed study
     never runs (it is not in the restored state): that one is not a trial."""
     files = set(storage.list_files(experiment))
-    folders = sorted({f.split("/", 1)[0] for f in files if f.startswith("trial_") and f.count("/") == 1
-                      and f.endswith(("/" + TUNE_PARAMS_FILE, "/" + TUNE_ERROR_FILE))})
+    ids = sorted({f.split("/", 1)[0].removeprefix("trial_") for f in files
+                  if f.startswith(trial_folder("")) and f.count("/") == 1
+                  and f.endswith(("/" + TUNE_PARAMS_FILE, "/" + TUNE_ERROR_FILE))})
     known = tune_state_trial_ids(experiment, files)
-    ids = [folder.removeprefix("trial_") for folder in folders]
     return [i for i in ids
             if known is None or i in known or f"{ERRORS}/{i}.txt" in files
-            or f"trial_{i}/{TUNE_ERROR_FILE}" in files or tune_results(experiment, i)]
+            or f"{trial_folder(i)}/{TUNE_ERROR_FILE}" in files or tune_results(experiment, i)]
 
 
 def tune_state_trial_ids(experiment: str, files: set[str]) -> set[str] | None:
@@ -59,11 +60,12 @@ def tune_state_trial_ids(experiment: str, files: set[str]) -> set[str] | None:
 def trial_error(experiment: str, trial_id: str) -> str:
     """The one-line error of a trial that failed: segstudy's record (an error retrying cannot fix) or
     the last line of Ray Tune's error.txt (after its retries); empty when it did not fail."""
-    for path in (error_file(experiment, trial_id), storage.join(trial_dir(experiment, trial_id), TUNE_ERROR_FILE)):
+    ours, tunes = error_file(experiment, trial_id), storage.join(trial_dir(experiment, trial_id), TUNE_ERROR_FILE)
+    for path, line in ((ours, 0), (tunes, -1)):  # ours starts with its message; Tune's ends with the exception
         if storage.is_file(path):
-            lines = [line for line in storage.read_bytes(path).decode(errors="replace").splitlines() if line.strip()]
+            lines = [text for text in storage.read_bytes(path).decode(errors="replace").splitlines() if text.strip()]
             if lines:
-                return lines[0] if path.endswith(f"{ERRORS}/{trial_id}.txt") else lines[-1].strip()
+                return lines[line].strip()
     return ""
 
 
@@ -96,7 +98,7 @@ def load_history(experiment: str, max_epochs: int | None = None, finished: bool 
         frame["epochs_reached"] = reached
         frame["status"], frame["stop_reason"], frame["error"] = status, reason, error
         frame["stopped_early"] = reason.startswith("stopped")
-        best = best_trial_checkpoint(experiment, trial_id)
+        best = best_trial_checkpoint(experiment, trial_id, epochs_seen=reached)  # result.json is read already
         frame["best_checkpoint"] = str(best) if best else ""
         frames.append(frame)
     if not frames:
