@@ -17,6 +17,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from analysis.findings import curve_bands  # noqa: E402
 from analysis.load import MODEL_LABEL, STRATEGY_COLOURS, STRATEGY_ORDER  # noqa: E402
 
 PANELS = (("train_loss", "train/loss"), ("train_miou", "train/mIoU"), ("val_loss", "val/loss"),
@@ -78,24 +79,34 @@ def dataset_samples(images: np.ndarray, masks: np.ndarray, files: list[str], cla
 
 def training_curves(df: pd.DataFrame, title: str, stem: Path, label_column: str = "strategy",
                     colours: dict[str, str] | None = None) -> Path:
-    """train/loss, train/mIoU, val/loss, val/mIoU against epoch, one line per label (Figs 4, 5, 10)."""
+    """train/loss, train/mIoU, val/loss, val/mIoU against epoch, one line per label (Figs 4, 5, 10).
+
+    With several seeds per label (``study.run --repeats``) a line is their mean, drawn with its bootstrap
+    band (``analysis.findings.curve_bands``); with one seed it is that run. The CSV holds the means and bands.
+    """
     colours = colours or STRATEGY_COLOURS
+    bands = curve_bands(df, label_column, tuple(column for column, _ in PANELS))
+    banded = bool(len(bands)) and bands["n"].max() > 1
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
-    order = ([s for s in STRATEGY_ORDER if s in set(df[label_column])]
-             + sorted(set(df[label_column]) - set(STRATEGY_ORDER)))
+    order = ([s for s in STRATEGY_ORDER if s in set(bands[label_column])]
+             + sorted(set(bands[label_column]) - set(STRATEGY_ORDER)))
     for ax, (column, name) in zip(axes.flat, PANELS, strict=True):
         for label in order:
-            part = df[df[label_column] == label].sort_values("epoch")
-            ax.plot(part["epoch"], part[column], marker="o", markersize=3, label=label, color=colours.get(label))
+            part = bands[bands[label_column] == label].dropna(subset=[f"{column}_mean"])
+            seeds = f" (mean of {part['n'].max()} seeds)" if banded else ""
+            ax.plot(part["epoch"], part[f"{column}_mean"], marker="o", markersize=3, label=label + seeds,
+                    color=colours.get(label))
+            if banded:
+                ax.fill_between(part["epoch"], part[f"{column}_low"], part[f"{column}_high"], alpha=0.2,
+                                color=colours.get(label), linewidth=0)
         ax.set_title(name)
         ax.set_xlabel("epoch")
         ax.set_ylabel(name.split("/")[1])
         ax.grid(alpha=0.3)
     axes[0, 0].legend(title=label_column.replace("_", " "), fontsize=8)
-    fig.suptitle(title)
+    fig.suptitle(title + (" (bands: bootstrap 95 % over seeds)" if banded else ""))
     fig.tight_layout()
-    columns = ["trial_id", label_column, "model", "init", "lr", "gamma", "epoch", *(c for c, _ in PANELS)]
-    return _save(fig, stem, df[[c for c in dict.fromkeys(columns) if c in df]])
+    return _save(fig, stem, bands)
 
 
 def confusion_figure(confusion: np.ndarray, class_names, title: str, stem: Path) -> Path:

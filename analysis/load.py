@@ -1,7 +1,7 @@
 """Read a study (or a single ``study.run_trial`` run) from disk into pandas. No Ray needed.
 
-``load_experiment(STORAGE/NAME)`` gives one row per trial per validation with the
-trial's configuration (model, init, lr, gamma, seed), its strategy label and its status:
+``load_experiment(STORAGE/NAME)`` gives one row per trial per validation (of the confirm stage, when a
+search has one) with the trial's configuration (model, init, lr, gamma, seed), its strategy label and its status:
 ``study.summary``'s table (the one summary.csv is written from) plus the strategy. It reads
 the files Ray Tune writes, so it also works while the study is still running.
 """
@@ -16,7 +16,7 @@ import pandas as pd
 from study import storage
 from study.errors import DataError
 from study.layout import CHECKPOINT_FILE, STUDY_FILE, SUMMARY_FILE, best_trial_checkpoint
-from study.summary import load_history, summary_table, trial_ids
+from study.summary import HYPERPARAMETERS, load_history, results_experiment, summary_table, trial_ids
 
 STRATEGY_ORDER = ("scratch", "fine-tune", "fine-tune lr/2", "freeze")
 STRATEGY_COLOURS = {"scratch": "tab:orange", "fine-tune": "tab:blue", "fine-tune lr/2": "tab:green",
@@ -35,11 +35,12 @@ def load_experiment(experiment: str | Path) -> pd.DataFrame:
     experiment = Path(experiment)
     if (experiment / "metrics.csv").is_file() and (experiment / "config.json").is_file():
         return load_train_run(experiment)
-    if not trial_ids(str(experiment)):
+    results = results_experiment(str(experiment))  # a search's confirm stage, when it has one
+    if not trial_ids(results):
         raise DataError(f"--experiment {experiment}: no Ray Tune trials (trial_*/params.json) or "
                         "study.run_trial run there")
     settings = study_settings(experiment)
-    df = load_history(str(experiment), settings.get("epochs"), finished=(experiment / SUMMARY_FILE).is_file(),
+    df = load_history(results, settings.get("epochs"), finished=(experiment / SUMMARY_FILE).is_file(),
                       default_seed=settings.get("seed", 0))
     df["strategy"] = strategy_labels(df)
     return df
@@ -77,10 +78,17 @@ def trial_table(df: pd.DataFrame) -> pd.DataFrame:
     return summary_table(df)
 
 
-def best_per_strategy(df: pd.DataFrame, model: str) -> dict[str, str]:
-    """For one model: strategy -> the trial id with the highest best val mIoU."""
-    table = trial_table(df[df["model"] == model])
-    return {s: g.iloc[0]["trial_id"] for s, g in table.groupby("strategy", sort=False)}
+def best_configuration_trials(df: pd.DataFrame, model: str) -> dict[str, list[str]]:
+    """For one model: strategy -> the trial ids (one per seed) of its configuration with the highest mean
+    best val mIoU. Without repeats that is the strategy's best trial; the curves, Fig 10, the test
+    evaluation and the findings all take a strategy's runs from here."""
+    table = trial_table(df[df["model"] == model]).dropna(subset=["best_val_miou"])
+    chosen = {}
+    for strategy, group in table.groupby("strategy", sort=False):
+        means = group.groupby(list(HYPERPARAMETERS))["best_val_miou"].mean()
+        best = group.set_index(list(HYPERPARAMETERS)).loc[[means.idxmax()]]
+        chosen[strategy] = list(best.sort_values("seed")["trial_id"])
+    return chosen
 
 
 def mirror_experiment(uri: str, local: str | Path) -> Path:
@@ -92,8 +100,9 @@ def mirror_experiment(uri: str, local: str | Path) -> Path:
     """
     local = Path(local)
     storage.download(uri, local, skip=lambda rel: rel.rsplit("/", 1)[-1] == CHECKPOINT_FILE)
-    for trial_id in trial_ids(str(local)):
-        best = best_trial_checkpoint(local, trial_id, with_weights=False)
+    results = results_experiment(str(local))
+    for trial_id in trial_ids(results):
+        best = best_trial_checkpoint(results, trial_id, with_weights=False)
         if best is not None:
             storage.download(storage.join(uri, Path(best).relative_to(local).as_posix()), best)
     return local

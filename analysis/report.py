@@ -2,11 +2,12 @@
 
     python -m analysis.report --experiment STORAGE/NAME --data-root R --out DIR
 
-Evaluates the best checkpoint of each (model, init) on the test split, then writes
-dataset samples (Figs 1-2), training curves per strategy (Figs 4-5), the best
-fine-tuned FCN against the best fine-tuned SegFormer (Fig 10), confusion matrices,
-ROC curves and predicted masks (Figs 6-9), and beyond the report: hyperparameter
-importance, lr/gamma against best val mIoU, and where ASHA stopped each trial.
+Evaluates the best checkpoint of every seed of each strategy's best configuration on the test
+split, then writes dataset samples (Figs 1-2), training curves per strategy (Figs 4-5; with
+repeated seeds, their mean with a bootstrap band), the best fine-tuned FCN against the best
+fine-tuned SegFormer (Fig 10), confusion matrices, ROC curves and predicted masks (Figs 6-9),
+the report's claims as tested findings (``findings.csv``, ``analysis.findings``), and beyond the
+report: hyperparameter importance, lr/gamma against best val mIoU, and where ASHA stopped each trial.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ import numpy as np
 import pandas as pd
 
 from analysis import figures as fig
+from analysis.findings import DEFAULT_MARGIN, describe, findings, mean_ci
 from analysis.load import (
     MODEL_LABEL,
-    best_per_strategy,
+    best_configuration_trials,
     load_experiment,
     mirror_experiment,
     study_settings,
@@ -40,10 +42,22 @@ from study.io import atomic_write_text, write_json
 log = logging.getLogger(__name__)
 
 SAMPLE_SIZES = {"pets": "128", "cityscapes": "128x256"}
+FINDINGS_FILE = "findings.csv"
+TEST_SUMMARY_COLUMNS = ("model", "strategy", "lr", "gamma", "seeds", "test_miou_mean", "ci_low", "ci_high")
+
+
+def _runs(groups) -> str:
+    """How a figure's lines were made: 'trials a, b' or 'each the mean of 3 seeds'."""
+    groups = list(groups)
+    seeds = max((len(g) for g in groups), default=0)
+    if seeds > 1:
+        return f"each line the mean of its {seeds} seeds, with a bootstrap 95 % band"
+    return "trials " + ", ".join(g[0] for g in groups if g)
 
 
 def write_report(experiment: str | Path, data_root: str | Path | None = None, out: str | Path | None = None,
-                 cache_dir: str | None = None, device: str = "auto", overwrite: bool = True) -> Path:
+                 cache_dir: str | None = None, device: str = "auto", overwrite: bool = True,
+                 margin: float | None = None) -> Path:
     """Write every figure, its CSV and ``report.md`` into ``out`` (default ``experiment/report``).
 
     ``experiment`` may be on object storage (``s3://...``): it is then mirrored into a temporary
@@ -54,15 +68,17 @@ def write_report(experiment: str | Path, data_root: str | Path | None = None, ou
             raise ConfigError(f"--out: required when --experiment is a storage URI ({storage.display(experiment)})")
         with tempfile.TemporaryDirectory(prefix="segstudy-mirror-") as tmp:
             local = mirror_experiment(str(experiment), Path(tmp) / Path(storage.display(experiment)).name)
-            return _write_report(local, data_root, Path(out), cache_dir, device, overwrite, remote=str(experiment))
+            return _write_report(local, data_root, Path(out), cache_dir, device, overwrite, margin,
+                                 remote=str(experiment))
     experiment = Path(experiment)
     return _write_report(experiment, data_root, Path(out) if out else experiment / "report", cache_dir, device,
-                         overwrite)
+                         overwrite, margin)
 
 
 def _write_report(experiment: Path, data_root: str | Path | None, out: Path, cache_dir: str | None, device: str,
-                  overwrite: bool, remote: str | None = None) -> Path:
-    """``remote``: the URI ``experiment`` is a mirror of (named in the report instead of the mirror)."""
+                  overwrite: bool, margin: float | None, remote: str | None = None) -> Path:
+    """``remote``: the URI ``experiment`` is a mirror of (named in the report instead of the mirror);
+    ``margin``: the equivalence margin of the findings (default: the study's ``--equivalence-margin``)."""
     if (out / "report.md").exists() and not overwrite:
         raise ConfigError(f"--out {out}: already holds report.md; choose another --out or pass --overwrite")
     df = load_experiment(experiment)
@@ -88,40 +104,58 @@ def _write_report(experiment: Path, data_root: str | Path | None, out: Path, cac
                                             out / f"samples_{name}"),
                         f"Four random {name} training images beside their label masks."))
 
-    for model in sorted(set(df["model"])):  # Figs 4-5: the best trial of each strategy
-        chosen = best_per_strategy(df, model)
-        part = df[df["trial_id"].isin(chosen.values())]
-        figures.append((fig.training_curves(part, f"{MODEL_LABEL.get(model, model)}: training metrics per strategy",
+    configurations = {model: best_configuration_trials(df, model) for model in sorted(set(df["model"]))}
+    for model, chosen in configurations.items():  # Figs 4-5: the best configuration of each strategy
+        ids = [trial_id for trial_ids in chosen.values() for trial_id in trial_ids]
+        figures.append((fig.training_curves(df[df["trial_id"].isin(ids)],
+                                            f"{MODEL_LABEL.get(model, model)}: training metrics per strategy",
                                             out / f"curves_{model}"),
-                        f"{MODEL_LABEL.get(model, model)}: loss and mIoU per epoch for the best trial of each strategy "
-                        f"({', '.join(chosen)})."))
+                        f"{MODEL_LABEL.get(model, model)}: loss and mIoU per epoch for the best configuration of "
+                        f"each strategy ({_runs(chosen.values())})."))
 
-    best_tuned = {m: best_per_strategy(df, m).get("fine-tune") for m in ("fcn_resnet50", "segformer")}
+    best_tuned = {m: configurations.get(m, {}).get("fine-tune") for m in ("fcn_resnet50", "segformer")}
     if all(best_tuned.values()):  # Fig 10
-        part = df[df["trial_id"].isin(best_tuned.values())].assign(model_label=lambda d: d["model"].map(MODEL_LABEL))
+        ids = [trial_id for trial_ids in best_tuned.values() for trial_id in trial_ids]
+        part = df[df["trial_id"].isin(ids)].assign(model_label=lambda d: d["model"].map(MODEL_LABEL))
         figures.append((fig.training_curves(part, "Best fine-tuned FCN ResNet-50 against best fine-tuned SegFormer",
                                             out / "best_models_comparison", label_column="model_label",
                                             colours={"FCN ResNet-50": "tab:blue", "SegFormer": "tab:purple"}),
-                        "The best fine-tuned FCN ResNet-50 and SegFormer trials on the same four panels."))
+                        f"The best fine-tuned FCN ResNet-50 and SegFormer configurations on the same four panels "
+                        f"({_runs(best_tuned.values())})."))
     else:
         notes.append("No comparison of fine-tuned models: the study has no fine-tuned trial for one of the models.")
 
-    table["test_miou"] = math.nan  # Figs 6-9: the best checkpoint of each (model, init) on the test split
-    for (model, init), group in table.groupby(["model", "init"]):
-        best = group.iloc[0]
-        if not best["best_checkpoint"]:
-            notes.append(f"No checkpoint for {model}/{init} (trial {best['trial_id']}): not evaluated.")
-            continue
-        label = f"{MODEL_LABEL.get(model, model)} {best['strategy']}"
-        stem = out / "test" / f"{model}_{init}"
-        result = score_checkpoint(best["best_checkpoint"], dataset, data_root, "test", device, cache_dir=cache_dir,
-                                     figures=stem, title=label)
-        write_json(stem / "metrics.json", result)
-        table.loc[table["trial_id"] == best["trial_id"], "test_miou"] = result["miou"]
-        figures += [(stem / "confusion_matrix.png",
-                     f"{label} (trial {best['trial_id']}): row-normalised test confusion matrix."),
-                    (stem / "roc.png", f"{label}: one-vs-rest ROC curves on the test split, AUC per class."),
-                    (stem / "predicted_masks.png", f"{label}: predicted masks beside image and ground truth.")]
+    table["test_miou"] = math.nan  # Figs 6-9: each seed of each strategy's best configuration on the test split
+    test_rows = []
+    for model, chosen in configurations.items():
+        for strategy, trial_ids in chosen.items():
+            runs = table[table["trial_id"].isin(trial_ids)]  # ranked by best val mIoU: the first gets figures
+            label = f"{MODEL_LABEL.get(model, model)} {strategy}"
+            stem = out / "test" / (f"{model}_{runs.iloc[0]['init']}" + ("_lr_half" if strategy.endswith("/2") else ""))
+            for rank, run in enumerate(runs.itertuples()):
+                if not run.best_checkpoint:
+                    notes.append(f"No checkpoint for {label} (trial {run.trial_id}): not evaluated.")
+                    continue
+                result = score_checkpoint(run.best_checkpoint, dataset, data_root, "test", device,
+                                          cache_dir=cache_dir, figures=stem if rank == 0 else None, title=label)
+                table.loc[table["trial_id"] == run.trial_id, "test_miou"] = result["miou"]
+                if rank == 0:
+                    write_json(stem / "metrics.json", result)
+                    figures += [(stem / "confusion_matrix.png",
+                                 f"{label} (trial {run.trial_id}): row-normalised test confusion matrix."),
+                                (stem / "roc.png",
+                                 f"{label}: one-vs-rest ROC curves on the test split, AUC per class."),
+                                (stem / "predicted_masks.png",
+                                 f"{label}: predicted masks beside image and ground truth.")]
+            mean, low, high = mean_ci(table.loc[table["trial_id"].isin(trial_ids), "test_miou"].to_numpy())
+            test_rows.append({"model": model, "strategy": strategy, "lr": runs.iloc[0]["lr"],
+                              "gamma": runs.iloc[0]["gamma"], "seeds": len(trial_ids), "test_miou_mean": mean,
+                              "ci_low": low, "ci_high": high})
+    test_summary = pd.DataFrame(test_rows, columns=TEST_SUMMARY_COLUMNS)
+    test_summary.to_csv(out / "test_summary.csv", index=False)
+    margin = margin if margin is not None else settings.get("equivalence_margin", DEFAULT_MARGIN)
+    found = findings(df, margin)
+    found.to_csv(out / FINDINGS_FILE, index=False)
 
     figures.append((fig.hyperparameter_scatter(table, out / "hyperparameters"),
                     "Learning rate and gamma against best val mIoU, coloured by model and strategy."))
@@ -141,7 +175,8 @@ def _write_report(experiment: Path, data_root: str | Path | None, out: Path, cac
         table["best_checkpoint"] = [storage.join(remote, Path(p).relative_to(experiment).as_posix()) if p else ""
                                     for p in table["best_checkpoint"]]
     table.to_csv(out / "trials.csv", index=False)
-    markdown = render_markdown(storage.display(remote or experiment), settings, table, figures, notes, out)
+    markdown = render_markdown(storage.display(remote or experiment), settings, table, figures, notes, out,
+                               found, test_summary, margin)
     atomic_write_text(out / "report.md", markdown)
     log.info("report written to %s", out / "report.md")
     return out / "report.md"
@@ -177,32 +212,54 @@ def hyperparameter_importance(table: pd.DataFrame) -> dict[str, float]:
 
 
 def render_markdown(experiment: str, settings: dict, table: pd.DataFrame, figures: list[tuple[Path, str]],
-                    notes: list[str], out: Path) -> str:
-    best = table.iloc[0]
+                    notes: list[str], out: Path, found: pd.DataFrame | None = None,
+                    test_summary: pd.DataFrame | None = None, margin: float = DEFAULT_MARGIN) -> str:
+    errored = table[table["status"] == "error"]
+    scored = table.dropna(subset=["best_val_miou"])
+    seeds = table["seed"].nunique()
+    count = f"{len(table)} trials" + (f" ({len(errored)} errored, listed below)" if len(errored) else "")
     lines = [
         f"# segstudy report: {experiment.rstrip('/').rsplit('/', 1)[-1]}",
         "",
         f"Preset `{settings.get('preset', '?')}` on `{settings.get('dataset', 'pets')}` "
         f"({settings.get('epochs', '?')} epochs, batch {settings.get('batch_size', '?')}, image size "
-        f"{settings.get('image_size', '?')}), {len(table)} trials. Study folder: `{experiment}`.",
+        f"{settings.get('image_size', '?')}), {count}" + (f", {seeds} seeds per configuration" if seeds > 1 else "")
+        + f". Study folder: `{experiment}`.",
         "",
-        f"**Best configuration:** {MODEL_LABEL.get(best['model'], best['model'])}, {best['strategy']} "
-        f"(init `{best['init']}`, lr {best['lr']:.3g}, gamma {best['gamma']:.4g}), trial `{best['trial_id']}`: "
-        f"best val mIoU {best['best_val_miou']:.4f} at epoch {best['best_epoch']}"
-        + (f", test mIoU {best['test_miou']:.4f}." if not math.isnan(best["test_miou"]) else "."),
-        "",
-        "## Configurations",
-        "",
-        "| trial | model | strategy | lr | gamma | epochs | stopped early | best val mIoU | test mIoU |",
-        "| --- | --- | --- | ---: | ---: | ---: | --- | ---: | ---: |",
     ]
-    for row in table.itertuples():
-        test = "—" if math.isnan(row.test_miou) else f"{row.test_miou:.4f}"
+    if len(scored):
+        best = scored.iloc[0]
+        lines += [f"**Best configuration:** {MODEL_LABEL.get(best['model'], best['model'])}, {best['strategy']} "
+                  f"(init `{best['init']}`, lr {best['lr']:.3g}, gamma {best['gamma']:.4g}), trial "
+                  f"`{best['trial_id']}`: best val mIoU {best['best_val_miou']:.4f} at epoch {best['best_epoch']}"
+                  + (f", test mIoU {best['test_miou']:.4f}." if not math.isnan(best["test_miou"]) else "."), ""]
+    if found is not None and len(found):
+        lines += _findings_section(found, margin)
+    if test_summary is not None and len(test_summary):
+        lines += ["## Test mIoU", "", "The best checkpoint of every seed of each strategy's best configuration, on the "
+                  "test split: mean and Student-t 95 % CI over seeds (`test_summary.csv`).", "",
+                  "| model | strategy | lr | seeds | test mIoU | 95 % CI |", "| --- | --- | ---: | ---: | ---: | --- |"]
+        for row in test_summary.itertuples():
+            ci = "—" if math.isnan(row.ci_low) else f"[{row.ci_low:.4f}, {row.ci_high:.4f}]"
+            lines.append(f"| {MODEL_LABEL.get(row.model, row.model)} | {row.strategy} | {row.lr:.3g} | {row.seeds} | "
+                         f"{row.test_miou_mean:.4f} | {ci} |")
+        lines.append("")
+    lines += ["## Configurations", "",
+              "| trial | model | strategy | lr | gamma | seed | epochs | stopped early | best val mIoU | test mIoU |",
+              "| --- | --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
+    for row in table[table["status"] != "error"].itertuples():
+        best_val, test = (("—" if math.isnan(v) else f"{v:.4f}") for v in (row.best_val_miou, row.test_miou))
         lines.append(f"| {row.trial_id} | {MODEL_LABEL.get(row.model, row.model)} | {row.strategy} | {row.lr:.3g} | "
-                     f"{row.gamma:.4g} | {row.epochs} | {'yes' if row.stop_reason.startswith('stopped') else 'no'} | "
-                     f"{row.best_val_miou:.4f} | {test} |")
-    lines += ["", "Test mIoU is given for the best trial of each (model, init), evaluated on the test split.", "",
-              "## Figures", ""]
+                     f"{row.gamma:.4g} | {row.seed} | {row.epochs} | "
+                     f"{'yes' if row.stop_reason.startswith('stopped') else 'no'} | {best_val} | {test} |")
+    lines += ["", "Test mIoU is given for every seed of each strategy's best configuration.", ""]
+    if len(errored):
+        lines += ["## Errored trials", "", f"{len(errored)} of {len(table)} trials ended with an error (details: "
+                  "`errors/<trial>.txt`, or Tune's `trial_<id>/error.txt`):", ""]
+        lines += [f"- `{row.trial_id}` {MODEL_LABEL.get(row.model, row.model)} {row.strategy} (seed {row.seed}): "
+                  f"{row.error}" for row in errored.itertuples()]
+        lines.append("")
+    lines += ["## Figures", ""]
     for k, (path, caption) in enumerate(figures, start=1):
         rel = path.relative_to(out)
         data = rel.with_suffix(".csv").as_posix()
@@ -210,6 +267,24 @@ def render_markdown(experiment: str, settings: dict, table: pd.DataFrame, figure
     if notes:
         lines += ["## Notes", ""] + [f"- {note}" for note in notes] + [""]
     return "\n".join(lines)
+
+
+def _findings_section(found: pd.DataFrame, margin: float) -> list[str]:
+    lines = ["## Findings", "",
+             "Each of the original report's claims, tested across seeds (`findings.csv`): Welch's t-test with a Holm "
+             f"correction across the claims; claim 4 is an equivalence test (TOST) with a margin of ±{margin:g} mIoU. "
+             "A verdict needs at least 3 seeds per group; see `analysis/findings.py` for why these tests.", "",
+             "| claim | metric | A | B | n (A/B) | mean A | mean B | A − B [CI] | p (Holm) | verdict |",
+             "| --- | --- | --- | --- | --- | ---: | ---: | --- | ---: | --- |"]
+    for row in found.itertuples():
+        ci = "" if math.isnan(row.ci_low) else f" [{row.ci_low:+.3f}, {row.ci_high:+.3f}]"
+        p = "—" if math.isnan(row.p_holm) else f"{row.p_holm:.3g}"
+        lines.append(f"| {row.claim} | {row.metric} | {row.group_a} | {row.group_b} | {row.n_a}/{row.n_b} | "
+                     f"{row.mean_a:.3f} | {row.mean_b:.3f} | {row.diff:+.3f}{ci} | {p} | **{row.verdict}** |")
+    lines.append("")
+    for _, row in found.iterrows():
+        lines += [f"- **{row['claim']}** ({row['metric']}): {describe(row, margin)}"]
+    return lines + [""]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,13 +295,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--cache-dir")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report in --out")
+    parser.add_argument("--equivalence-margin", type=float,
+                        help="mIoU margin of the equivalence claim in the findings (default: the study's, else 0.01)")
     args = parser.parse_args(argv)
+    if args.equivalence_margin is not None and not 0 < args.equivalence_margin < 1:
+        raise ConfigError(f"--equivalence-margin: expected an mIoU margin in (0, 1), got {args.equivalence_margin}")
     if storage.is_remote(args.experiment):
         if not storage.list_files(args.experiment):
             raise ConfigError(f"--experiment {storage.display(args.experiment)}: nothing stored there")
     elif not Path(args.experiment).is_dir():
         raise ConfigError(f"--experiment {args.experiment}: not a folder")
-    write_report(args.experiment, args.data_root, args.out, args.cache_dir, args.device, overwrite=args.overwrite)
+    write_report(args.experiment, args.data_root, args.out, args.cache_dir, args.device, overwrite=args.overwrite,
+                 margin=args.equivalence_margin)
     return 0
 
 

@@ -10,7 +10,9 @@ No Ray and no running cluster is needed. ``docs/results-layout.md`` describes th
   errors/<trial_id>.txt          a trial ended by an error that retrying cannot fix (first line: the message)
   pretrained/<model>_encoder.pt  encoders from the Cityscapes stage
   logs/                          Ray's worker output of this node, copied at the end
-  summary.csv, study.json, report/
+  confirm/                       a search's confirm stage: a Tune experiment of its own, laid out as above
+  summary.csv, study.json, report/   (summary.csv: the confirm trials when there is a confirm stage;
+  search_summary.csv                  then the search's own trials are in search_summary.csv)
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ ERRORS = "errors"
 LOGS = "logs"
 STUDY_FILE = "study.json"
 SUMMARY_FILE = "summary.csv"
+SEARCH_SUMMARY_FILE = "search_summary.csv"
+CONFIRM_DIR = "confirm"
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from study import storage
+from study.config import MODELS, STUDY_STAGE
 from study.errors import ConfigError, UsageError
 from study.settings import StudySettings
 
@@ -52,8 +53,12 @@ def given_source(settings: StudySettings, model: str) -> str | None:
 
 
 def models_to_pretrain(settings: StudySettings) -> list[str]:
+    """The models whose encoder the study's Cityscapes stage trains: the preset's, unless a source is given,
+    and any named ``--pretrained-<model> cityscapes``; only those some trial fine-tunes or freezes."""
     needed = {m for m, i in trial_arms(settings) if i in NEEDS_ENCODER}
-    return [m for m in settings.pretrain.get("models", []) if m in needed and not given_source(settings, m)]
+    preset = [m for m in settings.pretrain.get("models", []) if not given_source(settings, m)]
+    asked = [m for m in MODELS if given_source(settings, m) == STUDY_STAGE]
+    return [m for m in dict.fromkeys([*preset, *asked]) if m in needed]
 
 
 def encoder_sources(settings: StudySettings) -> dict[str, str]:

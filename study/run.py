@@ -13,7 +13,7 @@ from pathlib import Path
 from search_spaces import PRESETS, load_preset
 from study import storage
 from study.cli import OneLineParser, image_size_arg, main_guard, native_stderr_diverted
-from study.config import PRECISIONS, TRIAL_RUNNERS
+from study.config import PRECISIONS, STUDY_STAGE, TRIAL_RUNNERS
 from study.settings import StudySettings
 
 
@@ -41,8 +41,20 @@ def settings_from_args(argv: list[str] | None) -> StudySettings:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--image-size", type=image_size_arg)
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--pretrained-segformer", help="SegFormer encoder source (skips the Cityscapes stage)")
-    parser.add_argument("--pretrained-fcn", help="FCN ResNet-50 encoder source (default: imagenet)")
+    parser.add_argument("--repeats", type=int,
+                        help="seeds per configuration (SEED, SEED+1, ...): the report preset's grid, or a search's "
+                             "confirm stage")
+    parser.add_argument("--confirm-top", type=int,
+                        help="after a search, rerun its K best distinct configurations with --repeats seeds to the "
+                             "full epochs (no ASHA); the summary and report use those trials")
+    parser.add_argument("--equivalence-margin", type=float,
+                        help="mIoU margin of the report's equivalence claim in the findings (default 0.01)")
+    parser.add_argument("--pretrained-segformer",
+                        help=f"SegFormer encoder source, a file (skips the Cityscapes stage) or {STUDY_STAGE} "
+                             "(the default: the study's own Cityscapes stage)")
+    parser.add_argument("--pretrained-fcn",
+                        help=f"FCN ResNet-50 encoder source: imagenet (default), coco_voc, a file, or {STUDY_STAGE} "
+                             "(pretrained by the study's own Cityscapes stage, as SegFormer's)")
     parser.add_argument("--cache-dir", help="decoded-data cache folder on every node")
     parser.add_argument("--precision", choices=PRECISIONS,
                         help="autocast dtype (default auto: bf16 on CPUs with native bf16, fp32 elsewhere)")

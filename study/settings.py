@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from study import storage
-from study.config import TRIAL_RUNNERS, TrainConfig, parse_image_size
+from study.config import STUDY_STAGE, TRIAL_RUNNERS, TrainConfig, parse_image_size
 from study.errors import ConfigError
+from study.layout import CONFIRM_DIR
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,9 @@ class StudySettings:
     image_size: Any = "32"
     val_every: int = 2
     seed: int = 0
+    repeats: int = 1  # seeds per configuration: seed, seed + 1, ... (grid presets, or the confirm stage)
+    confirm_top: int = 0  # after a search: rerun the K best distinct configurations with `repeats` seeds
+    equivalence_margin: float = 0.01  # mIoU margin of the report's equivalence claim (analysis.findings)
     num_samples: int = 8
     max_concurrent: int = 0  # 0: as many as resources allow
     cpus_per_trial: float = 1.0
@@ -72,6 +77,9 @@ class StudySettings:
                         image_size=self.image_size, val_every=self.val_every, seed=self.seed,
                         precision=self.precision)
         checks = [("num-samples", self.num_samples >= 1, "an integer >= 1"),
+                  ("repeats", self.repeats >= 1, "an integer >= 1"),
+                  ("confirm-top", self.confirm_top >= 0, "an integer >= 0"),
+                  ("equivalence-margin", 0 < self.equivalence_margin < 1, "an mIoU margin in (0, 1)"),
                   ("max-concurrent", self.max_concurrent >= 0, "an integer >= 0"),
                   ("cpus-per-trial", self.cpus_per_trial > 0, "a number > 0"),
                   ("gpus-per-trial", self.gpus_per_trial is None or self.gpus_per_trial >= 0, "a number >= 0"),
@@ -95,10 +103,38 @@ class StudySettings:
             raise ConfigError(f"--pretrain-workers: expected an integer >= 1, got {self.pretrain_workers!r}")
         if self.pretrain and self.pretrain.get("epochs", 1) < 1:
             raise ConfigError(f"--preset {self.preset}: pretraining epochs must be >= 1")
+        self._validate_stages()
         if self.scheduler == "asha" and self.grace_period > self.epochs:
             log.warning("ASHA's grace period (%d epochs) is longer than --epochs %d: clamped to %d",
                         self.grace_period, self.epochs, self.epochs)
             self.grace_period = self.epochs
+
+    def _validate_stages(self) -> None:
+        if self.searcher == "grid" and self.confirm_top:
+            raise ConfigError(f"--confirm-top: --preset {self.preset} already runs every configuration to its full "
+                              "epochs; use --repeats alone")
+        if self.searcher != "grid" and self.repeats > 1 and not self.confirm_top:
+            raise ConfigError(f"--repeats {self.repeats}: a search's seeds run in its confirm stage; add "
+                              "--confirm-top K (the K best configurations, each with the seeds)")
+        if self.confirm_top > self.num_samples:
+            raise ConfigError(f"--confirm-top {self.confirm_top}: more than the {self.num_samples} trials the search "
+                              "runs (--num-samples)")
+        if STUDY_STAGE in (self.pretrained_fcn, self.pretrained_segformer) and not self.pretrain:
+            raise ConfigError(f"--pretrained-* {STUDY_STAGE}: --preset {self.preset} has no pretraining stage")
+
+    def seeds(self) -> list[int]:
+        """The seeds every configuration runs with: ``seed``, ``seed + 1``, ... (``repeats`` of them)."""
+        return [self.seed + k for k in range(self.repeats)]
+
+    def grid_points(self) -> list[dict[str, Any]]:
+        """The grid's trials: every point with every seed, seed by seed (an interrupted study has whole seeds)."""
+        return [{**point, "seed": seed} for seed in self.seeds() for point in self.points]
+
+    def confirm_stage(self, points: list[dict[str, Any]]) -> StudySettings:
+        """The confirm stage of a search: ``points`` x ``seeds()`` to the full epochs, no early stopping,
+        as its own Tune experiment in ``STORAGE/NAME/confirm``."""
+        return dataclasses.replace(self, storage=self.experiment_dir, name=CONFIRM_DIR, searcher="grid",
+                                   scheduler="fifo", points=points, confirm_top=0, num_samples=len(points))
 
     @property
     def runner(self) -> str:

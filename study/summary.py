@@ -14,6 +14,7 @@ import pandas as pd
 
 from study import storage
 from study.layout import (
+    CONFIRM_DIR,
     ERRORS,
     TUNE_ERROR_FILE,
     TUNE_PARAMS_FILE,
@@ -43,6 +44,22 @@ def trial_ids(experiment: str) -> list[str]:
     return [i for i in ids
             if known is None or i in known or f"{ERRORS}/{i}.txt" in files
             or f"{trial_folder(i)}/{TUNE_ERROR_FILE}" in files or tune_results(experiment, i)]
+
+
+def results_experiment(experiment: str) -> str:
+    """The Tune experiment whose trials are a study's results: its ``confirm/`` stage once that has trials
+    (a search with ``--confirm-top``), else the study folder itself."""
+    confirm = storage.join(experiment, CONFIRM_DIR)
+    return confirm if trial_ids(confirm) else experiment
+
+
+def top_configurations(summary: pd.DataFrame, k: int) -> list[dict]:
+    """The ``k`` best distinct configurations (model, init, lr, gamma) of a finished search, by best val mIoU:
+    what its confirm stage reruns with every seed."""
+    done = summary[(summary["status"] == "done") & summary["best_val_miou"].notna()]
+    distinct = done.sort_values("best_val_miou", ascending=False).drop_duplicates(list(HYPERPARAMETERS))
+    return [{"model": r.model, "init": r.init, "lr": float(r.lr), "gamma": float(r.gamma)}
+            for r in distinct.head(k).itertuples()]
 
 
 def tune_state_trial_ids(experiment: str, files: set[str]) -> set[str] | None:

@@ -19,7 +19,7 @@ import ray
 from study import storage
 from study.config import parse_image_size
 from study.io import csv_text, json_text
-from study.layout import STUDY_FILE, SUMMARY_FILE
+from study.layout import SEARCH_SUMMARY_FILE, STUDY_FILE, SUMMARY_FILE
 from study.orchestrate.cluster import (
     DRIVER_RESOURCE,
     autoscaler_capacity,
@@ -35,7 +35,7 @@ from study.orchestrate.pretrain import pretrain_encoders
 from study.orchestrate.tuner import run_tune
 from study.preflight import preflight
 from study.settings import StudySettings
-from study.summary import SUMMARY_COLUMNS, load_history, summary_table
+from study.summary import SUMMARY_COLUMNS, load_history, results_experiment, summary_table, top_configurations
 
 __all__ = ["DRIVER_RESOURCE", "autoscaler_capacity", "driver_request", "plan_resources", "run_study", "start_ray"]
 
@@ -55,9 +55,13 @@ def run_study(settings: StudySettings) -> pd.DataFrame:
         record_settings(settings)
         recorded = True  # from here on the experiment folder exists: Ray's logs go there too
         pretrained = pretrain_encoders(settings, announce=say)
-        say(f"trials: {settings.num_samples if settings.searcher != 'grid' else len(settings.points)} "
-            f"({settings.searcher}, {settings.scheduler}), up to {settings.max_concurrent} at once")
+        trials = len(settings.grid_points()) if settings.searcher == "grid" else settings.num_samples
+        seeds = f" ({len(settings.points)} configurations x {settings.repeats} seeds)" if settings.repeats > 1 else ""
+        say(f"trials: {trials}{seeds} ({settings.searcher}, {settings.scheduler}), up to "
+            f"{settings.max_concurrent} at once")
         run_tune(settings, pretrained, TrialTable(settings))
+        if settings.confirm_top:
+            run_confirm_stage(settings, pretrained)
         summary = write_summary(settings)
     finally:
         logs = copy_worker_logs(settings.experiment_dir, settings.native_stderr_log) if recorded else None
@@ -81,11 +85,26 @@ def record_settings(settings: StudySettings) -> None:
         storage.write_bytes(target, json_text(data).encode())
 
 
-def write_summary(settings: StudySettings) -> pd.DataFrame:
-    """summary.csv: one row per trial, ranked by best val mIoU (``study.summary``, from the files on storage)."""
-    summary = summary_table(load_history(settings.experiment_dir, settings.epochs, finished=True,
-                                         default_seed=settings.seed))
-    storage.write_bytes(storage.join(settings.experiment_dir, SUMMARY_FILE),
+def run_confirm_stage(settings: StudySettings, pretrained: dict[str, str]) -> None:
+    """Rerun the search's ``--confirm-top`` best configurations with every seed, to the full epochs (no ASHA),
+    as the Tune experiment ``confirm/``; ``--resume`` restores it like the search."""
+    search = write_summary(settings, trials_from=settings.experiment_dir, file=SEARCH_SUMMARY_FILE)
+    points = top_configurations(search, settings.confirm_top)
+    if not points:
+        say("confirm: no search trial finished with a score; nothing to confirm")
+        return
+    confirm = settings.confirm_stage(points)
+    say(f"confirm: the {len(points)} best configurations x {settings.repeats} seeds = {len(confirm.grid_points())} "
+        f"trials, {settings.epochs} epochs each, no early stopping")
+    run_tune(confirm, pretrained, TrialTable(confirm))
+
+
+def write_summary(settings: StudySettings, trials_from: str | None = None, file: str = SUMMARY_FILE) -> pd.DataFrame:
+    """``file``: one row per trial of ``trials_from`` (default: the study's results, i.e. its confirm stage
+    when it has one), ranked by best val mIoU (``study.summary``, from the files on storage)."""
+    trials_from = trials_from or results_experiment(settings.experiment_dir)
+    summary = summary_table(load_history(trials_from, settings.epochs, finished=True, default_seed=settings.seed))
+    storage.write_bytes(storage.join(settings.experiment_dir, file),
                         csv_text(summary.to_dict("records"), SUMMARY_COLUMNS).encode())
     return summary
 

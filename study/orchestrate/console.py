@@ -124,11 +124,11 @@ def _fmt(value: Any, spec: str) -> str:
 
 def print_summary(settings: StudySettings, summary: pd.DataFrame) -> None:
     table = Table(title=f"segstudy {settings.name}: trials ranked by best val mIoU", title_justify="left")
-    for column in ("rank", "trial", "model", "init", "lr", "gamma", "epochs", "best val mIoU", "stopped early"):
+    for column in ("rank", "trial", "model", "init", "lr", "gamma", "seed", "epochs", "best val mIoU", "stopped early"):
         table.add_column(column, justify="right" if column not in ("trial", "model", "init") else "left")
     for rank, row in enumerate(summary.itertuples(), start=1):
         table.add_row(str(rank), str(row.trial_id), str(row.model), str(row.init), f"{row.lr:.2e}", f"{row.gamma:.4f}",
-                      f"{row.epochs}/{settings.epochs}", f"{row.best_val_miou:.4f}",
+                      str(row.seed), f"{row.epochs}/{settings.epochs}", f"{row.best_val_miou:.4f}",
                       "yes" if row.stopped_early else ("error" if row.status == "error" else "no"))
     console().print(table)
     say(f"results: {storage.display(settings.experiment_dir)} ({SUMMARY_FILE})")

@@ -57,11 +57,12 @@ def run_tune(settings: StudySettings, pretrained: dict[str, str], table: TrialTa
         tuner = tune.Tuner.restore(settings.experiment_dir, trainable=fn, resume_unfinished=True, resume_errored=True)
         return tuner.fit()
 
-    if settings.searcher == "grid":  # the report's grid: exactly these configurations
-        values = {k: sorted({p[k] for p in settings.points}) for k in settings.points[0]}
+    if settings.searcher == "grid":  # the report's grid (or a confirm stage): exactly these points, each seed
+        points = settings.grid_points()
+        values = {k: sorted({p[k] for p in points}) for k in points[0]}
         param_space = {k: tune.choice(v) for k, v in values.items()}
-        search_alg = BasicVariantGenerator(points_to_evaluate=settings.points, random_state=settings.seed)
-        num_samples = len(settings.points)
+        search_alg = BasicVariantGenerator(points_to_evaluate=points, random_state=settings.seed)
+        num_samples = len(points)
     else:
         param_space = tune_space(settings.space)
         search_alg = OptunaSearch(metric="val_miou", mode="max", seed=settings.seed,

@@ -1,0 +1,106 @@
+"""Repeated seeds end to end: the report's grid with --repeats, and a search's confirm stage with --resume.
+
+Both reuse the session's Ray and the demo study's Cityscapes encoders, so no pretraining stage runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+from test_study import _epochs, _finished, _trial_checkpoint_mtime, assert_quiet_console
+
+from analysis.findings import FINDINGS_COLUMNS
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def encoder_options(demo_study: Path) -> list[str]:
+    return ["--pretrained-segformer", str(demo_study / "pretrained" / "segformer_encoder.pt"),
+            "--pretrained-fcn", str(demo_study / "pretrained" / "fcn_resnet50_encoder.pt")]
+
+
+def test_the_report_grid_with_two_seeds(ray_cluster: str, demo_study: Path, toy_root: Path, cache_dir: Path,
+                                        tmp_path: Path) -> None:
+    from study.orchestrate import run_study
+    from study.run import settings_from_args
+
+    settings = settings_from_args(["--preset", "report", "--repeats", "2", "--epochs", "4", "--batch-size", "16",
+                                   "--image-size", "32", "--data-root", str(toy_root), "--storage", str(tmp_path),
+                                   "--name", "seeds", "--cache-dir", str(cache_dir), *encoder_options(demo_study)])
+    run_study(settings)
+    experiment = tmp_path / "seeds"
+    summary = pd.read_csv(experiment / "summary.csv")
+    assert len(summary) == 14 and (summary["status"] == "done").all() and (summary["epochs"] == 4).all()
+    per_config = summary.groupby(["model", "init", "lr"])["seed"].apply(sorted)
+    assert len(per_config) == 7 and all(seeds == [0, 1] for seeds in per_config)
+    for row in summary.itertuples():  # the seed is a Tune parameter, and it is the seed the trial trained with
+        assert json.loads((experiment / f"trial_{row.trial_id}" / "params.json").read_text())["seed"] == row.seed
+
+    report = experiment / "report"
+    found = pd.read_csv(report / "findings.csv")
+    assert tuple(found.columns) == FINDINGS_COLUMNS
+    assert (found["verdict"] == "inconclusive (n=2/2)").all()  # two seeds: tested, never given a verdict
+    assert (found["n_a"] == 2).all() and found["p_value"].notna().any()
+    text = (report / "report.md").read_text()
+    assert "## Findings" in text and "too few seeds for a verdict" in text
+    assert "14 trials, 2 seeds per configuration" in text
+    for model in ("fcn_resnet50", "segformer"):
+        bands = pd.read_csv(report / f"curves_{model}.csv")
+        val = bands.dropna(subset=["val_miou_mean"])
+        assert (val["n"] == 2).all()
+        assert (val["val_miou_low"] <= val["val_miou_mean"]).all()
+        assert (val["val_miou_mean"] <= val["val_miou_high"]).all()
+        assert (val["val_miou_high"] > val["val_miou_low"]).any(), "two seeds, and no band anywhere"
+        assert (report / f"curves_{model}.png").stat().st_size > 1000
+    tests = pd.read_csv(report / "test_summary.csv")
+    assert len(tests) == 7 and (tests["seeds"] == 2).all() and tests["ci_low"].notna().all()
+
+
+def test_a_search_then_its_confirm_stage_resumes_after_the_driver_is_killed(
+        ray_cluster: str, demo_study: Path, toy_root: Path, cache_dir: Path, tmp_path: Path) -> None:
+    args = ["-m", "study.run", "--preset", "demo", "--data-root", str(toy_root), "--storage", str(tmp_path),
+            "--name", "confirmed", "--num-samples", "4", "--epochs", "4", "--confirm-top", "2", "--repeats", "2",
+            "--no-report", "--cache-dir", str(cache_dir), *encoder_options(demo_study)]
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster}
+    experiment, confirm = tmp_path / "confirmed", tmp_path / "confirmed" / "confirm"
+    driver = subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:  # kill inside the confirm stage, once one of its trials has finished
+        deadline = time.monotonic() + 600
+        while not any(_finished(p) for p in confirm.glob("trial_*/result.json")):
+            assert driver.poll() is None, "the study ended before it could be killed"
+            assert time.monotonic() < deadline, "no confirm trial finished in time"
+            time.sleep(0.5)
+        search_times = {p.parent.name: _trial_checkpoint_mtime(experiment, p.parent.name)
+                        for p in experiment.glob("trial_*/result.json")}
+        finished = {p.parent.name for p in confirm.glob("trial_*/result.json") if _finished(p)}
+        confirm_times = {t: _trial_checkpoint_mtime(confirm, t) for t in finished}
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    resumed = subprocess.run([sys.executable, *args, "--resume"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert_quiet_console(resumed.stdout + resumed.stderr)
+
+    search = pd.read_csv(experiment / "search_summary.csv")
+    summary = pd.read_csv(experiment / "summary.csv")
+    assert len(search) == 4 and len(summary) == 4  # the summary is the confirm stage's: 2 configurations x 2 seeds
+    top = search[search["status"] == "done"].drop_duplicates(["model", "init", "lr", "gamma"]).head(2)
+    confirmed = summary.groupby(["model", "init", "lr", "gamma"])["seed"].apply(sorted)
+    assert sorted(confirmed.index) == sorted(top[["model", "init", "lr", "gamma"]].itertuples(index=False, name=None))
+    assert all(seeds == [0, 1] for seeds in confirmed)
+    assert (summary["epochs"] == 4).all() and not summary["stopped_early"].any()  # full epochs, no ASHA
+    for trial, mtime in search_times.items():  # the search was not rerun
+        assert _trial_checkpoint_mtime(experiment, trial) == mtime
+    for trial, mtime in confirm_times.items():  # nor the confirm trials that had finished
+        assert _trial_checkpoint_mtime(confirm, trial) == mtime
+    for result in confirm.glob("trial_*/result.json"):
+        epochs = _epochs(result)
+        assert len(epochs) == len(set(epochs)), f"{result}: an epoch was reported twice: {epochs}"
