@@ -80,9 +80,9 @@ def trial_table(df: pd.DataFrame) -> pd.DataFrame:
 
 def best_configuration_trials(df: pd.DataFrame, model: str) -> dict[str, list[str]]:
     """For one model: strategy -> the trial ids (one per seed) of its configuration with the highest mean
-    best val mIoU. Without repeats that is the strategy's best trial; the curves, Fig 10, the test
-    evaluation and the findings all take a strategy's runs from here."""
-    table = trial_table(df[df["model"] == model]).dropna(subset=["best_val_miou"])
+    best val mIoU (errored trials left out). Without repeats that is the strategy's best trial; the curves,
+    Fig 10, the test evaluation and the findings all take a strategy's runs from here."""
+    table = trial_table(df[(df["model"] == model) & (df["status"] != "error")]).dropna(subset=["best_val_miou"])
     chosen = {}
     for strategy, group in table.groupby("strategy", sort=False):
         means = group.groupby(list(HYPERPARAMETERS))["best_val_miou"].mean()

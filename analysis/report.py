@@ -104,7 +104,8 @@ def _write_report(experiment: Path, data_root: str | Path | None, out: Path, cac
                                             out / f"samples_{name}"),
                         f"Four random {name} training images beside their label masks."))
 
-    configurations = {model: best_configuration_trials(df, model) for model in sorted(set(df["model"]))}
+    configurations = {model: chosen for model in sorted(set(df["model"].dropna()))
+                      if (chosen := best_configuration_trials(df, model))}
     for model, chosen in configurations.items():  # Figs 4-5: the best configuration of each strategy
         ids = [trial_id for trial_ids in chosen.values() for trial_id in trial_ids]
         figures.append((fig.training_curves(df[df["trial_id"].isin(ids)],

@@ -103,3 +103,29 @@ def test_no_planted_secret_in_any_file_the_study_wrote(demo_study: Path) -> None
 
     leaks = [p for p in demo_study.rglob("*") if p.is_file() and FAKE_WANDB_KEY.encode() in p.read_bytes()]
     assert not leaks
+
+
+def test_errored_trials_are_counted_and_listed(demo_study: Path, toy_root: Path, cache_dir: Path,
+                                               tmp_path: Path) -> None:
+    """Two of the demo's trials made to fail, one each way a trial records a failure: both are in the header's
+    count and listed with their one-line error, and neither is a seed of any curve or finding."""
+    import os
+    import shutil
+
+    study = tmp_path / "demo"  # files linked, not copied: FCN checkpoints are hundreds of MB
+    shutil.copytree(demo_study, study, ignore=shutil.ignore_patterns("report", "logs", "wandb"),
+                    copy_function=os.symlink)
+    summary = pd.read_csv(study / "summary.csv", dtype={"trial_id": str})
+    ours, tunes = summary["trial_id"].iloc[-2:]
+    (study / "errors").mkdir(exist_ok=True)
+    (study / "errors" / f"{ours}.txt").write_text("--pretrained /gone.pt: no such file\n\nTraceback ...\n")
+    (study / f"trial_{tunes}" / "error.txt").write_text("Traceback (most recent call last):\n  ...\n"
+                                                         "RuntimeError: the worker died\n")
+    text = report.write_report(study, toy_root, tmp_path / "out", cache_dir=str(cache_dir)).read_text()
+    assert f"{len(summary)} trials (2 errored, listed below)" in text
+    errored = text[text.index("## Errored trials"):].split("\n## ")[0]
+    assert f"`{ours}`" in errored and "--pretrained /gone.pt: no such file" in errored
+    assert f"`{tunes}`" in errored and "RuntimeError: the worker died" in errored
+    curves = pd.concat(pd.read_csv(p) for p in (tmp_path / "out").glob("curves_*.csv"))
+    assert not {ours, tunes} & set(" ".join(curves["trials"]).split())
+    assert tuple(pd.read_csv(tmp_path / "out" / "findings.csv").columns)[-1] == "verdict"
