@@ -31,10 +31,11 @@ import pandas as pd
 import scipy.stats
 
 from analysis.load import MODEL_LABEL, best_configuration_trials
+from study.config import EQUIVALENCE_MARGIN
 
 ALPHA = 0.05
 MIN_SEEDS = 3  # per group, for a verdict
-DEFAULT_MARGIN = 0.01  # mIoU; --equivalence-margin
+DEFAULT_MARGIN = EQUIVALENCE_MARGIN  # mIoU; --equivalence-margin
 NO_SPREAD = 1e-9  # values closer than this are the same number (t-tests on them are rounding noise)
 FINDINGS_COLUMNS = ("claim", "metric", "group_a", "group_b", "n_a", "n_b", "mean_a", "mean_b", "diff", "ci_low",
                     "ci_high", "p_value", "p_holm", "verdict")

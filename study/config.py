@@ -15,8 +15,8 @@ from typing import Any
 from segmodels import INITS, MODELS, SEGFORMER_VARIANTS
 from study.errors import ConfigError
 
-__all__ = ["DATASETS", "DEVICES", "SPLITS", "INITS", "MODELS", "PRECISIONS", "SEGFORMER_VARIANTS", "STUDY_STAGE",
-           "TRIAL_RUNNERS", "TrainConfig", "parse_image_size"]
+__all__ = ["DATASETS", "DEVICES", "EQUIVALENCE_MARGIN", "SPLITS", "INITS", "MODELS", "PRECISIONS",
+           "SEGFORMER_VARIANTS", "STUDY_STAGE", "TRIAL_RUNNERS", "TrainConfig", "parse_image_size"]
 
 DATASETS = ("pets", "cityscapes")
 SPLITS = ("train", "val", "test")
@@ -24,6 +24,7 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 TRIAL_RUNNERS = ("auto", "tune", "train")
 STUDY_STAGE = "cityscapes"  # as --pretrained-fcn/--pretrained-segformer: the study's own Cityscapes stage
+EQUIVALENCE_MARGIN = 0.01  # mIoU: the default margin of the report's equivalence claim (analysis.findings)
 SEGFORMER_MIN_SIZE = 32
 
 

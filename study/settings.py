@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from study import storage
-from study.config import STUDY_STAGE, TRIAL_RUNNERS, TrainConfig, parse_image_size
+from study.config import EQUIVALENCE_MARGIN, STUDY_STAGE, TRIAL_RUNNERS, TrainConfig, parse_image_size
 from study.errors import ConfigError
 from study.layout import CONFIRM_DIR
 
@@ -33,7 +33,7 @@ class StudySettings:
     seed: int = 0
     repeats: int = 1  # seeds per configuration: seed, seed + 1, ... (grid presets, or the confirm stage)
     confirm_top: int = 0  # after a search: rerun the K best distinct configurations with `repeats` seeds
-    equivalence_margin: float = 0.01  # mIoU margin of the report's equivalence claim (analysis.findings)
+    equivalence_margin: float = EQUIVALENCE_MARGIN  # mIoU margin of the report's equivalence claim
     num_samples: int = 8
     max_concurrent: int = 0  # 0: as many as resources allow
     cpus_per_trial: float = 1.0
@@ -119,8 +119,10 @@ class StudySettings:
         if self.confirm_top > self.num_samples:
             raise ConfigError(f"--confirm-top {self.confirm_top}: more than the {self.num_samples} trials the search "
                               "runs (--num-samples)")
-        if STUDY_STAGE in (self.pretrained_fcn, self.pretrained_segformer) and not self.pretrain:
-            raise ConfigError(f"--pretrained-* {STUDY_STAGE}: --preset {self.preset} has no pretraining stage")
+        for option, source in (("fcn", self.pretrained_fcn), ("segformer", self.pretrained_segformer)):
+            if source == STUDY_STAGE and not self.pretrain:
+                raise ConfigError(f"--pretrained-{option} {STUDY_STAGE}: --preset {self.preset} has no "
+                                  "Cityscapes stage")
 
     def seeds(self) -> list[int]:
         """The seeds every configuration runs with: ``seed``, ``seed + 1``, ... (``repeats`` of them)."""

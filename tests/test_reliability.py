@@ -169,6 +169,11 @@ def test_broken_files_stop_the_study_before_ray_starts(breakage: str, toy_copy: 
     (["--workers-per-trial", "2", "--gpus-per-trial", "0.5"], "--gpus-per-trial"),
     (["--preset", "search", "--data-root", "/nonexistent/data"], "--data-root"),
     (["--resume"], "--resume"),
+    (["--repeats", "0"], "--repeats"),
+    (["--preset", "search", "--repeats", "3"], "--repeats"),  # a search's seeds need a confirm stage
+    (["--preset", "report", "--confirm-top", "2"], "--confirm-top"),  # a grid has nothing to confirm
+    (["--confirm-top", "99"], "--confirm-top"),  # more than the search runs
+    (["--equivalence-margin", "0"], "--equivalence-margin"),
 ])
 def test_bad_study_options(args: list[str], option: str, toy_root: Path, tmp_path: Path, capsys) -> None:
     base = ["--data-root", str(toy_root), "--storage", str(tmp_path / "st"), "--no-report"]
@@ -254,6 +259,9 @@ def test_analysis_bad_options(tmp_path: Path, capsys) -> None:
     (tmp_path / "empty").mkdir()
     assert main_guard("analysis.report", report.main, ["--experiment", str(tmp_path / "empty")]) == 2
     assert "no Ray Tune trials" in capsys.readouterr().err
+    assert main_guard("analysis.report", report.main, ["--experiment", str(tmp_path / "empty"),
+                                                       "--equivalence-margin", "-0.1"]) == 2
+    assert "--equivalence-margin" in capsys.readouterr().err
     assert main_guard("analysis.score", score.main, ["--checkpoint", str(tmp_path / "x.pt"), "--dataset", "pets",
                                                            "--data-root", str(tmp_path),
                                                            "--out", str(tmp_path / "o")]) == 2
