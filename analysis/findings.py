@@ -162,8 +162,8 @@ def findings(df: pd.DataFrame, margin: float = DEFAULT_MARGIN, claims: tuple[Cla
     return table
 
 
-def describe(row: pd.Series, margin: float = DEFAULT_MARGIN) -> str:
-    """One plain sentence on what the data shows for a findings row."""
+def describe(row: pd.Series, claim: Claim, margin: float = DEFAULT_MARGIN) -> str:
+    """One plain sentence on what the data shows for a findings row (of ``claim``)."""
     metric = SCORES.get(row["metric"], row["metric"])
     if row["n_a"] == 0 or row["n_b"] == 0:
         missing = row["group_a"] if row["n_a"] == 0 else row["group_b"]
@@ -172,18 +172,25 @@ def describe(row: pd.Series, margin: float = DEFAULT_MARGIN) -> str:
              f"({metric}, n={row['n_a']}/{row['n_b']} seeds; difference {row['diff']:+.3f}")
     if math.isnan(row["p_value"]):
         return means + f"): too few seeds to test; a verdict needs at least {MIN_SEEDS} per group."
-    level = "90 %" if "equivalent" in row["claim"] else "95 %"
+    level = "90 %" if claim.equivalent else "95 %"
     interval = f", {level} CI [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}], p = {row['p_value']:.3g}"
     if math.isnan(row["p_holm"]):
         return means + interval + f"): too few seeds for a verdict (at least {MIN_SEEDS} per group)."
     interval += f", Holm p = {row['p_holm']:.3g})"
-    words = {
-        "holds": "the difference is larger than the spread between seeds, in the report's direction.",
-        "reversed": "the difference is larger than the spread between seeds, against the report's claim.",
-        "equivalent": f"the interval lies inside ±{margin:g} mIoU, so the two are equivalent at that margin.",
-        "not shown equivalent": f"the data cannot show the two are within ±{margin:g} mIoU of each other.",
-    }
-    return means + interval + ": " + words.get(row["verdict"], "the difference is within the spread between seeds.")
+    if row["verdict"] == "equivalent":
+        return means + interval + f": the interval lies inside ±{margin:g} mIoU, so the two are equivalent."
+    if row["verdict"] == "not shown equivalent":
+        beyond = row["ci_low"] > margin or row["ci_high"] < -margin
+        return means + interval + (f": the interval lies wholly beyond ±{margin:g} mIoU, so the two differ by more "
+                                   "than the margin." if beyond else
+                                   f": the data cannot show the two are within ±{margin:g} mIoU of each other.")
+    leaning = "in the report's direction" if np.sign(row["diff"]) == claim.direction else "against the report"
+    if row["verdict"] in ("holds", "reversed"):
+        return means + interval + f": the difference is larger than the spread between seeds, {leaning}."
+    if row["p_value"] < ALPHA:
+        return means + interval + (f": significant on its own ({leaning}), but not after Holm's correction across "
+                                   "the claims tested, so inconclusive.")
+    return means + interval + f": the difference ({leaning}) is within the spread between seeds."
 
 
 def bootstrap_mean_ci(values: np.ndarray, seed: int = 0, n_resamples: int = 2000) -> tuple[float, float, float]:

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import figures as fig
-from analysis.findings import DEFAULT_MARGIN, describe, findings, mean_ci
+from analysis.findings import CLAIMS, DEFAULT_MARGIN, describe, findings, mean_ci
 from analysis.load import (
     MODEL_LABEL,
     best_configuration_trials,
@@ -38,6 +38,7 @@ from study.data import build_dataset
 from study.data.transforms import denormalize, normalize
 from study.errors import ConfigError, DataError
 from study.io import atomic_write_text, write_json
+from study.summary import results_experiment
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,8 @@ def _write_report(experiment: Path, data_root: str | Path | None, out: Path, cac
 
     figures.append((fig.hyperparameter_scatter(table, out / "hyperparameters"),
                     "Learning rate and gamma against best val mIoU, coloured by model and strategy."))
-    if settings.get("scheduler") == "asha":
+    confirmed = results_experiment(str(experiment)) != str(experiment)  # the trials are a confirm stage's
+    if settings.get("scheduler") == "asha" and not confirmed:
         grace, factor, epochs = settings["grace_period"], settings["reduction_factor"], settings["epochs"]
         rungs = [grace * factor**k for k in range(10) if grace * factor**k < epochs]
         figures.append((fig.asha_stops(table, epochs, rungs, out / "asha_stops"),
@@ -177,7 +179,7 @@ def _write_report(experiment: Path, data_root: str | Path | None, out: Path, cac
                                     for p in table["best_checkpoint"]]
     table.to_csv(out / "trials.csv", index=False)
     markdown = render_markdown(storage.display(remote or experiment), settings, table, figures, notes, out,
-                               found, test_summary, margin)
+                               found, test_summary, margin, confirmed)
     atomic_write_text(out / "report.md", markdown)
     log.info("report written to %s", out / "report.md")
     return out / "report.md"
@@ -214,7 +216,9 @@ def hyperparameter_importance(table: pd.DataFrame) -> dict[str, float]:
 
 def render_markdown(experiment: str, settings: dict, table: pd.DataFrame, figures: list[tuple[Path, str]],
                     notes: list[str], out: Path, found: pd.DataFrame | None = None,
-                    test_summary: pd.DataFrame | None = None, margin: float = DEFAULT_MARGIN) -> str:
+                    test_summary: pd.DataFrame | None = None, margin: float = DEFAULT_MARGIN,
+                    confirmed: bool = False) -> str:
+    """``confirmed``: the trials are a search's confirm stage (``study.summary.results_experiment``)."""
     errored = table[table["status"] == "error"]
     scored = table.dropna(subset=["best_val_miou"])
     seeds = table["seed"].nunique()
@@ -228,6 +232,10 @@ def render_markdown(experiment: str, settings: dict, table: pd.DataFrame, figure
         + f". Study folder: `{experiment}`.",
         "",
     ]
+    if confirmed:
+        lines += [f"These are the confirm stage's trials: the search's {settings['confirm_top']} best configurations, "
+                  f"each rerun with {seeds} seed(s) to the full epochs without early stopping. The search's own "
+                  "trials are in `search_summary.csv`.", ""]
     if len(scored):
         best = scored.iloc[0]
         lines += [f"**Best configuration:** {MODEL_LABEL.get(best['model'], best['model'])}, {best['strategy']} "
@@ -283,8 +291,8 @@ def _findings_section(found: pd.DataFrame, margin: float) -> list[str]:
         lines.append(f"| {row.claim} | {row.metric} | {row.group_a} | {row.group_b} | {row.n_a}/{row.n_b} | "
                      f"{row.mean_a:.3f} | {row.mean_b:.3f} | {row.diff:+.3f}{ci} | {p} | **{row.verdict}** |")
     lines.append("")
-    for _, row in found.iterrows():
-        lines += [f"- **{row['claim']}** ({row['metric']}): {describe(row, margin)}"]
+    for claim, (_, row) in zip(CLAIMS, found.iterrows(), strict=True):
+        lines += [f"- **{row['claim']}** ({row['metric']}): {describe(row, claim, margin)}"]
     return lines + [""]
 
 

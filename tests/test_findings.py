@@ -152,3 +152,15 @@ def test_a_strategys_group_is_the_seeds_of_its_best_configuration() -> None:
     chosen = best_configuration_trials(df, SEGFORMER)
     assert chosen == {"fine-tune": ["seg_finetune_0", "seg_finetune_1", "seg_finetune_2"],
                       "fine-tune lr/2": ["seg_finetune_lr2_0", "seg_finetune_lr2_1", "seg_finetune_lr2_2"]}
+
+
+def test_each_verdict_is_told_in_words() -> None:
+    from analysis.findings import describe
+
+    apart = [0.60, 0.61, 0.62]
+    table = findings(history({"fcn finetune": flat(HIGH), "fcn scratch": flat(LOW),
+                              "seg finetune": flat(HIGH), "seg finetune lr/2": flat(apart)}))
+    words = [describe(row, claim) for claim, (_, row) in zip(CLAIMS, table.iterrows(), strict=True)]
+    assert "larger than the spread between seeds, in the report's direction" in words[0]  # claim 1, best val mIoU
+    assert "no completed run of SegFormer scratch" in words[2]  # claim 2
+    assert "wholly beyond ±0.01 mIoU" in words[6]  # claim 4: lr/2 is 0.1 worse

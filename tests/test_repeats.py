@@ -104,3 +104,9 @@ def test_a_search_then_its_confirm_stage_resumes_after_the_driver_is_killed(
     for result in confirm.glob("trial_*/result.json"):
         epochs = _epochs(result)
         assert len(epochs) == len(set(epochs)), f"{result}: an epoch was reported twice: {epochs}"
+
+    from analysis import report
+
+    text = report.write_report(experiment, toy_root, tmp_path / "report", cache_dir=str(cache_dir)).read_text()
+    assert "confirm stage's trials: the search's 2 best configurations, each rerun with 2 seed(s)" in text
+    assert "4 trials, 2 seeds per configuration" in text and "asha_stops" not in text
