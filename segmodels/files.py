@@ -14,6 +14,9 @@ from typing import BinaryIO
 
 import torch
 
+_UMASK = os.umask(0)  # read once, at import (os.umask can only be read by setting it)
+os.umask(_UMASK)
+
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
     """Call ``write(file)`` on a temporary file beside ``path``, then rename it to ``path``."""
@@ -27,6 +30,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
             tmp.close()
             os.unlink(tmp.name)
             raise
+    os.chmod(tmp.name, 0o666 & ~_UMASK)  # the mode a plain open() gives, not the temporary file's 0600
     os.replace(tmp.name, path)
     return path
 

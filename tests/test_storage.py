@@ -35,6 +35,15 @@ def test_join_keeps_the_query_string_at_the_end() -> None:
     assert display(join(uri, "demo")) == "s3://bucket/results/demo"
 
 
+def test_atomic_writes_get_the_mode_a_plain_write_gets(tmp_path: Path) -> None:
+    """Results on a shared filesystem must be readable by the team, not 0600 like a temporary file."""
+    from segmodels.files import atomic_write
+
+    (tmp_path / "plain.txt").write_text("x")
+    atomic_write(tmp_path / "atomic.txt", lambda f: f.write(b"x"))
+    assert (tmp_path / "atomic.txt").stat().st_mode == (tmp_path / "plain.txt").stat().st_mode
+
+
 def test_cluster_yaml_capacity_sizes_trials_before_any_gpu_node_exists() -> None:
     from study.orchestrate import autoscaler_capacity, plan_resources
     from study.settings import StudySettings
