@@ -103,3 +103,17 @@ def test_real_process_exit_code_and_no_traceback(tmp_path: Path) -> None:
                            str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stderr.strip().count("\n") == 0 and "--data-root" in proc.stderr
+
+
+def test_wandb_offline_needs_no_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Ray's W&B callback refuses to start without a key, even offline; the study's runs are offline then."""
+    from study.orchestrate.tuner import wandb_callbacks
+    from study.settings import StudySettings
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path))  # no wandb login on this machine either
+    monkeypatch.setenv("HOME", str(tmp_path))
+    callback, = wandb_callbacks(StudySettings(wandb=True, storage=str(tmp_path), name="w"))
+    callback.setup()
+    assert callback.kwargs["mode"] == "offline"

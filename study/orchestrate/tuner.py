@@ -85,12 +85,19 @@ def run_tune(settings: StudySettings, pretrained: dict[str, str], table: TrialTa
     return tuner.fit()
 
 
+OFFLINE_WANDB_KEY = "offline-runs-need-no-key"
+
+
 def wandb_callbacks(settings: StudySettings) -> list:
     if not settings.wandb:
         return []
     from ray.air.integrations.wandb import WandbLoggerCallback
 
     # The key only ever comes from the environment; without one (or with WANDB_MODE=offline), runs are written offline.
-    mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+    key = os.environ.get("WANDB_API_KEY")
+    mode = os.environ.get("WANDB_MODE") or ("online" if key else "offline")
+    # Ray's callback demands a key even for offline runs, which never use one: give it a placeholder then.
+    placeholder = OFFLINE_WANDB_KEY if mode == "offline" and not key else None
     return [WandbLoggerCallback(project="segstudy", group=settings.name, mode=mode, log_config=True,
+                                api_key=placeholder,
                                 dir=None if storage.is_remote(settings.storage) else settings.experiment_dir)]
