@@ -36,6 +36,18 @@ def test_report_space_is_the_reports_seven_configurations() -> None:
     assert search["lr"] == ("loguniform", 1e-4, 3e-3) and search["gamma"] == ("uniform", 0.90, 0.999)
 
 
+def test_repeats_run_every_configuration_with_every_seed() -> None:
+    from study.run import settings_from_args
+
+    settings = settings_from_args(["--preset", "report", "--repeats", "3", "--seed", "5"])
+    points = settings.grid_points()
+    assert len(points) == 21 and [p["seed"] for p in points[:7]] == [5] * 7  # seed by seed: whole seeds first
+    configurations = {tuple(sorted(p.items())) for p in load_preset("report")["points"]}
+    for seed in (5, 6, 7):
+        assert {tuple(sorted((k, v) for k, v in p.items() if k != "seed")) for p in points
+                if p["seed"] == seed} == configurations
+
+
 # Lines of Ray's internals that must not reach the console without --verbose (issue: ~1,000 such lines).
 RAY_INTERNALS = ("core_worker", "TrainController", "Reporting training result", "Checkpoint successfully created",
                  "raylet", "(pid=")
