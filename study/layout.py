@@ -127,3 +127,17 @@ def best_trial_checkpoint(experiment: str | Path, trial_id: str, with_weights: b
     if not epochs_seen:
         return None
     return best_checkpoint(trial_checkpoints(experiment, trial_id, with_weights), max_epoch=epochs_seen)
+
+
+def recorded_checkpoint(experiment: str | Path, trial_id: str) -> tuple[str | Path, int] | None:
+    """(folder, epoch) of a trial's newest checkpoint whose validation Tune has recorded in ``result.json``.
+
+    What a restarted Tune-runner trial resumes from when it is newer than the checkpoint in Tune's restored
+    experiment state: Tune saves that state every few seconds, so a driver killed just after a result was
+    recorded restores an older checkpoint, and the trial would train and report those epochs again. A
+    checkpoint whose result Tune never recorded is not used: its epochs are trained and reported again.
+    """
+    recorded = max((row["epoch"] for row in tune_results(experiment, trial_id) if "epoch" in row), default=0)
+    usable = [(folder, int(m["epoch"])) for folder, m in trial_checkpoints(experiment, trial_id)
+              if m["epoch"] <= recorded]
+    return usable[-1] if usable else None

@@ -5,6 +5,7 @@ Kills happen at known points (a checkpoint on disk), never after a sleep.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -289,3 +290,21 @@ def test_ray_token_authentication_is_never_turned_off() -> None:
             continue
         text = path.read_text(errors="ignore")
         assert "RAY_AUTH_MODE=disabled" not in text and "auth_mode: disabled" not in text, path
+
+
+def test_a_restarted_trial_resumes_from_the_newest_checkpoint_tune_recorded(tmp_path: Path) -> None:
+    """A driver killed just after Tune recorded a result restores an older experiment state; the trial must
+    continue from the newest checkpoint whose result is in result.json, not retrain (and re-report) it."""
+    from study.layout import recorded_checkpoint
+
+    trial = tmp_path / "trial_t1"
+    for index, epoch in enumerate((2, 4, 6)):
+        folder = trial / f"checkpoint_{index:06d}"
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps({"epoch": epoch, "val_miou": 0.5}))
+        (folder / "checkpoint.pt").write_bytes(b"weights")
+    assert recorded_checkpoint(tmp_path, "t1") is None  # nothing recorded yet: start over
+    (trial / "result.json").write_text("".join(json.dumps({"epoch": e}) + "\n" for e in (2, 4)))
+    assert recorded_checkpoint(tmp_path, "t1") == (trial / "checkpoint_000001", 4)  # not epoch 6: never recorded
+    (trial / "checkpoint_000001" / "checkpoint.pt").unlink()  # an incomplete folder is not a checkpoint
+    assert recorded_checkpoint(tmp_path, "t1") == (trial / "checkpoint_000000", 2)

@@ -18,7 +18,7 @@ from rich.live import Live
 from rich.table import Table
 
 from study import storage
-from study.layout import SUMMARY_FILE, error_file, trial_dir
+from study.layout import SUMMARY_FILE, error_file, trial_dir, tune_results
 from study.settings import StudySettings
 from study.summary import trial_error
 
@@ -67,11 +67,16 @@ class TrialTable(tune.Callback):
             self.announce(f"trial {trial.trial_id} error: {error} (details: "
                           f"{storage.display(error_file(self.settings.experiment_dir, trial.trial_id))})")
             return
-        stopped = row.get("epoch", 0) < self.settings.epochs
+        # From Tune's record, not only this callback's: a trial restored after a killed driver may end at once.
+        recorded = tune_results(self.settings.experiment_dir, trial.trial_id)
+        row["epoch"] = max([row.get("epoch", 0), *(r["epoch"] for r in recorded if "epoch" in r)])
+        scores = [r["val_miou"] for r in recorded if r.get("val_miou") is not None]
+        row["best"] = max(scores) if scores else row.get("best")
+        stopped = row["epoch"] < self.settings.epochs
         row["status"] = "stopped" if stopped else "done"
         best = f"{row['best']:.4f}" if row.get("best") is not None else "-"
         self.announce(f"trial {trial.trial_id} {'stopped by ASHA' if stopped else 'finished'} at epoch "
-                      f"{row.get('epoch', 0)}/{self.settings.epochs}: best val mIoU {best}")
+                      f"{row['epoch']}/{self.settings.epochs}: best val mIoU {best}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.rows.setdefault(trial.trial_id, {"epoch": 0, "best": None})["status"] = "error"

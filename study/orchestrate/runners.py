@@ -33,7 +33,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from study import storage
 from study.config import TrainConfig
-from study.layout import TRAIN_RUNS, best_checkpoint, checkpoints, train_run_name
+from study.layout import TRAIN_RUNS, best_checkpoint, checkpoints, recorded_checkpoint, train_run_name
 from study.loop import ValidationEvent, train
 from study.trial import (
     PERMANENT_ERRORS,
@@ -89,6 +89,9 @@ def tune_trial(params: dict[str, Any], base: dict[str, Any], experiment_dir: str
         train_set, val_set = load_splits(cfg)
         model = build_trial_model(cfg, train_set.num_classes)
         resume, history = _resume_from(ray.tune.get_checkpoint())
+        recorded = recorded_checkpoint(experiment_dir, trial_id)  # newer than Tune's after a killed driver?
+        if recorded and recorded[1] > (resume["epoch"] if resume else 0):
+            resume, history = _resume_from(ray.tune.Checkpoint(str(recorded[0])))
 
         def on_validation(event: ValidationEvent) -> None:
             metrics = _metrics(event)
