@@ -97,9 +97,11 @@ def trial_scores(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["trial_id", "model", "strategy", "lr", "gamma", "seed", *SCORES])
 
 
-def group_values(df: pd.DataFrame, scores: pd.DataFrame, model: str, strategy: str, metric: str) -> np.ndarray:
-    """The per-seed ``metric`` of the trials of (model, strategy)'s best configuration."""
-    ids = best_configuration_trials(df, model).get(strategy, [])
+def group_values(configurations: dict[str, dict[str, list[str]]], scores: pd.DataFrame, model: str, strategy: str,
+                 metric: str) -> np.ndarray:
+    """The per-seed ``metric`` of the trials of (model, strategy)'s best configuration (``configurations``:
+    ``best_configuration_trials`` per model)."""
+    ids = configurations.get(model, {}).get(strategy, [])
     values = scores.loc[scores["trial_id"].isin(ids), metric].to_numpy(dtype=float)
     return values[np.isfinite(values)]
 
@@ -145,10 +147,11 @@ def group_label(group: tuple[str, str]) -> str:
 def findings(df: pd.DataFrame, margin: float = DEFAULT_MARGIN, claims: tuple[Claim, ...] = CLAIMS) -> pd.DataFrame:
     """One row per claim and metric (``FINDINGS_COLUMNS``) from a study's history (``analysis.load``)."""
     scores = trial_scores(df)
+    configurations = {model: best_configuration_trials(df, model) for model in set(df["model"].dropna())}
     rows = []
     for claim in claims:
-        a = group_values(df, scores, *claim.a, claim.metric)
-        b = group_values(df, scores, *claim.b, claim.metric)
+        a = group_values(configurations, scores, *claim.a, claim.metric)
+        b = group_values(configurations, scores, *claim.b, claim.metric)
         p, low, high = compare(a, b, claim.equivalent, margin)
         mean_a, mean_b = (float(v.mean()) if len(v) else math.nan for v in (a, b))
         rows.append({"claim": claim.text, "metric": claim.metric, "group_a": group_label(claim.a),

@@ -117,13 +117,18 @@ def tune_results(experiment: str | Path, trial_id: str) -> list[dict]:
     return rows
 
 
+def last_recorded_epoch(experiment: str | Path, trial_id: str) -> int:
+    """The last epoch in a trial's ``result.json`` (0 before Tune has recorded any)."""
+    return max((row["epoch"] for row in tune_results(experiment, trial_id) if "epoch" in row), default=0)
+
+
 def best_trial_checkpoint(experiment: str | Path, trial_id: str, with_weights: bool = True,
                           epochs_seen: int | None = None) -> str | Path | None:
     """A trial's best checkpoint within the epochs Tune saw: the one answer the summary, the analysis and
     ``--resume`` use, for either runner. ``epochs_seen`` (the last epoch in Tune's results) is read from
     ``result.json`` unless the caller has it already."""
     if epochs_seen is None:
-        epochs_seen = max((row["epoch"] for row in tune_results(experiment, trial_id) if "epoch" in row), default=0)
+        epochs_seen = last_recorded_epoch(experiment, trial_id)
     if not epochs_seen:
         return None
     return best_checkpoint(trial_checkpoints(experiment, trial_id, with_weights), max_epoch=epochs_seen)
@@ -137,7 +142,9 @@ def recorded_checkpoint(experiment: str | Path, trial_id: str) -> tuple[str | Pa
     recorded restores an older checkpoint, and the trial would train and report those epochs again. A
     checkpoint whose result Tune never recorded is not used: its epochs are trained and reported again.
     """
-    recorded = max((row["epoch"] for row in tune_results(experiment, trial_id) if "epoch" in row), default=0)
+    recorded = last_recorded_epoch(experiment, trial_id)
+    if not recorded:  # a new trial: no need to list its (empty) folders
+        return None
     usable = [(folder, int(m["epoch"])) for folder, m in trial_checkpoints(experiment, trial_id)
               if m["epoch"] <= recorded]
     return usable[-1] if usable else None
