@@ -8,6 +8,8 @@ against every other before Ray starts.
 from __future__ import annotations
 
 import dataclasses
+import tempfile
+import time
 from pathlib import Path
 
 from search_spaces import PRESETS, load_preset
@@ -86,11 +88,29 @@ def settings_from_args(argv: list[str] | None) -> StudySettings:
 def main(argv: list[str] | None = None) -> int:
     settings = settings_from_args(argv)
     from study.orchestrate import run_study  # imports Ray: only once the options are known to be good
+    from study.orchestrate.console import say
 
+    started = time.monotonic()
     with native_stderr_diverted(enabled=not settings.verbose) as native_log:  # Ray's C++ lines go to logs/
         settings.native_stderr_log = native_log
         run_study(settings)
+    if settings.report:
+        say(f"report: {storage.display(make_report(settings))}")
+    say(f"done in {time.monotonic() - started:.0f} s")
     return 0
+
+
+def make_report(settings: StudySettings) -> str:
+    """analysis.report into STORAGE/NAME/report (written locally, then copied when storage is remote)."""
+    from analysis import report
+
+    target = storage.join(settings.experiment_dir, "report")
+    with tempfile.TemporaryDirectory(prefix="segstudy-report-") as tmp:
+        local = target if not storage.is_remote(target) else Path(tmp) / "report"
+        report.write_report(settings.experiment_dir, settings.data_root, local, cache_dir=settings.cache_dir)
+        if local != target:
+            storage.upload(local, target)
+    return storage.join(target, "report.md")
 
 
 if __name__ == "__main__":

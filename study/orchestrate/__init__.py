@@ -3,15 +3,14 @@
 ``run_study`` runs a study in stages, each announced on one line: checks and data (before Ray
 starts, ``study.preflight``), Ray (``cluster``), the Cityscapes stage (``pretrain``, Ray Train),
 the trials (``tuner`` with the two ``runners``) and the summary (``study.summary``, read from disk).
+The report is the CLI's to write (``study.run``): this layer knows nothing of ``analysis``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import tempfile
 import time
-from pathlib import Path
 
 import pandas as pd
 import ray
@@ -70,9 +69,7 @@ def run_study(settings: StudySettings) -> pd.DataFrame:
     print_summary(settings, summary)
     if logs:
         say(f"Ray's worker output: {storage.display(logs)}")
-    if settings.report:
-        say(f"report: {storage.display(make_report(settings))}")
-    say(f"done in {time.monotonic() - started:.0f} s")
+    say(f"trials done in {time.monotonic() - started:.0f} s")
     return summary
 
 
@@ -107,16 +104,3 @@ def write_summary(settings: StudySettings, trials_from: str | None = None, file:
     storage.write_bytes(storage.join(settings.experiment_dir, file),
                         csv_text(summary.to_dict("records"), SUMMARY_COLUMNS).encode())
     return summary
-
-
-def make_report(settings: StudySettings) -> str:
-    """analysis.report into STORAGE/NAME/report (written locally, then copied when storage is remote)."""
-    from analysis import report
-
-    target = storage.join(settings.experiment_dir, "report")
-    with tempfile.TemporaryDirectory(prefix="segstudy-report-") as tmp:
-        local = target if not storage.is_remote(target) else Path(tmp) / "report"
-        report.write_report(settings.experiment_dir, settings.data_root, local, cache_dir=settings.cache_dir)
-        if local != target:
-            storage.upload(local, target)
-    return storage.join(target, "report.md")
