@@ -15,7 +15,7 @@ import pandas as pd
 
 from study import storage
 from study.errors import DataError
-from study.layout import CHECKPOINT_FILE, STUDY_FILE, SUMMARY_FILE, best_trial_checkpoint
+from study.layout import CHECKPOINT_FILE, STUDY_FILE, best_trial_checkpoint
 from study.summary import HYPERPARAMETERS, load_history, results_experiment, summary_table, trial_ids
 
 STRATEGY_ORDER = ("scratch", "fine-tune", "fine-tune lr/2", "freeze")
@@ -40,8 +40,7 @@ def load_experiment(experiment: str | Path) -> pd.DataFrame:
         raise DataError(f"--experiment {experiment}: no Ray Tune trials (trial_*/params.json) or "
                         "study.run_trial run there")
     settings = study_settings(experiment)
-    df = load_history(results, settings.get("epochs"), finished=(experiment / SUMMARY_FILE).is_file(),
-                      default_seed=settings.get("seed", 0))
+    df = load_history(results, default_seed=settings.get("seed", 0))
     df["strategy"] = strategy_labels(df)
     return df
 
@@ -78,11 +77,18 @@ def trial_table(df: pd.DataFrame) -> pd.DataFrame:
     return summary_table(df)
 
 
+def completed(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of trials that completed their epochs (not errored, stopped early or interrupted)."""
+    return df[(df["status"] == "done") & (df["stop_reason"] == "completed")]
+
+
 def best_configuration_trials(df: pd.DataFrame, model: str) -> dict[str, list[str]]:
     """For one model: strategy -> the trial ids (one per seed) of its configuration with the highest mean
-    best val mIoU (errored trials left out). Without repeats that is the strategy's best trial; the curves,
-    Fig 10, the test evaluation and the findings all take a strategy's runs from here."""
-    table = trial_table(df[(df["model"] == model) & (df["status"] != "error")]).dropna(subset=["best_val_miou"])
+    best val mIoU, among the trials that completed their epochs only: an ASHA-stopped or interrupted run is no
+    candidate, so the configuration chosen always has seeds the tests can count. Without repeats that is the
+    strategy's best completed trial; the curves, Fig 10, the test evaluation and the findings all take a
+    strategy's runs from here. A strategy with no completed trial is absent."""
+    table = trial_table(completed(df[df["model"] == model])).dropna(subset=["best_val_miou"])
     chosen = {}
     for strategy, group in table.groupby("strategy", sort=False):
         means = group.groupby(list(HYPERPARAMETERS))["best_val_miou"].mean()

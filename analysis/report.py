@@ -21,10 +21,11 @@ import numpy as np
 import pandas as pd
 
 from analysis import figures as fig
-from analysis.findings import CLAIMS, DEFAULT_MARGIN, describe, findings, mean_ci
+from analysis.findings import CLAIMS, DEFAULT_MARGIN, MIN_SEEDS, describe, findings, mean_ci
 from analysis.load import (
     MODEL_LABEL,
     best_configuration_trials,
+    completed,
     load_experiment,
     mirror_experiment,
     study_settings,
@@ -38,7 +39,7 @@ from study.data import build_dataset
 from study.data.transforms import denormalize, normalize
 from study.errors import ConfigError, DataError
 from study.io import atomic_write_text, write_json
-from study.summary import results_experiment
+from study.summary import HYPERPARAMETERS, results_experiment
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,10 @@ def _write_report(experiment: Path, data_root: str | Path | None, out: Path, cac
 
     configurations = {model: chosen for model in sorted(set(df["model"].dropna()))
                       if (chosen := best_configuration_trials(df, model))}
+    for (model, strategy), _ in table.groupby(["model", "strategy"]):
+        if strategy not in configurations.get(model, {}):
+            notes.append(f"{MODEL_LABEL.get(model, model)} {strategy}: no trial completed its epochs, so it has no "
+                         "curve, test evaluation or finding.")
     for model, chosen in configurations.items():  # Figs 4-5: the best configuration of each strategy
         ids = [trial_id for trial_ids in chosen.values() for trial_id in trial_ids]
         figures.append((fig.training_curves(df[df["trial_id"].isin(ids)],
@@ -149,14 +154,15 @@ def _write_report(experiment: Path, data_root: str | Path | None, out: Path, cac
                                  f"{label}: one-vs-rest ROC curves on the test split, AUC per class."),
                                 (stem / "predicted_masks.png",
                                  f"{label}: predicted masks beside image and ground truth.")]
-            mean, low, high = mean_ci(table.loc[table["trial_id"].isin(trial_ids), "test_miou"].to_numpy())
+            evaluated = table.loc[table["trial_id"].isin(trial_ids), "test_miou"].dropna().to_numpy()
+            mean, low, high = mean_ci(evaluated)
             test_rows.append({"model": model, "strategy": strategy, "lr": runs.iloc[0]["lr"],
-                              "gamma": runs.iloc[0]["gamma"], "seeds": len(trial_ids), "test_miou_mean": mean,
+                              "gamma": runs.iloc[0]["gamma"], "seeds": len(evaluated), "test_miou_mean": mean,
                               "ci_low": low, "ci_high": high})
     test_summary = pd.DataFrame(test_rows, columns=TEST_SUMMARY_COLUMNS)
     test_summary.to_csv(out / "test_summary.csv", index=False)
     margin = margin if margin is not None else settings.get("equivalence_margin", DEFAULT_MARGIN)
-    found = findings(df, margin)
+    found = findings(df, margin, test_miou=table.set_index("trial_id")["test_miou"])  # chosen on val, tested on test
     found.to_csv(out / FINDINGS_FILE, index=False)
 
     figures.append((fig.hyperparameter_scatter(table, out / "hyperparameters"),
@@ -214,6 +220,31 @@ def hyperparameter_importance(table: pd.DataFrame) -> dict[str, float]:
         return {}
 
 
+def _ended(row: object) -> str:
+    """The table's "stopped early" cell: yes (ASHA), no (completed), or the recorded fate otherwise."""
+    return {"stopped early (ASHA)": "yes", "completed": "no"}.get(row.stop_reason, row.stop_reason)
+
+
+def _headline(table: pd.DataFrame) -> str:
+    """The best configuration, chosen as every strategy's is (highest mean best val mIoU over its completed
+    seeds), told by its mean over those seeds (with a 95 % CI when it has several), not by its luckiest seed."""
+    done = completed(table).dropna(subset=["best_val_miou"])
+    if not len(done):
+        return "**Best configuration:** none: no trial completed its epochs."
+    means = done.groupby(list(HYPERPARAMETERS))["best_val_miou"].mean()
+    runs = done.set_index(list(HYPERPARAMETERS)).loc[[means.idxmax()]].reset_index()
+    first = runs.iloc[0]
+    told = []
+    for column, name in (("best_val_miou", "best val mIoU"), ("test_miou", "test mIoU")):
+        mean, low, high = mean_ci(runs[column].to_numpy())
+        if not math.isnan(mean):
+            told.append(f"{name} {mean:.4f}" + (f" [95 % CI {low:.4f}, {high:.4f}]" if not math.isnan(low) else ""))
+    seeds = f"mean over {len(runs)} seeds" if len(runs) > 1 else f"one seed, trial `{first['trial_id']}`"
+    return (f"**Best configuration:** {MODEL_LABEL.get(first['model'], first['model'])}, {first['strategy']} "
+            f"(init `{first['init']}`, lr {first['lr']:.3g}, gamma {first['gamma']:.4g}), {seeds}: "
+            + ", ".join(told) + ".")
+
+
 def render_markdown(experiment: str, settings: dict, table: pd.DataFrame, figures: list[tuple[Path, str]],
                     notes: list[str], out: Path, found: pd.DataFrame | None = None,
                     test_summary: pd.DataFrame | None = None, margin: float = DEFAULT_MARGIN,
@@ -222,7 +253,10 @@ def render_markdown(experiment: str, settings: dict, table: pd.DataFrame, figure
     errored = table[table["status"] == "error"]
     scored = table.dropna(subset=["best_val_miou"])
     seeds = table["seed"].nunique()
-    count = f"{len(table)} trials" + (f" ({len(errored)} errored, listed below)" if len(errored) else "")
+    unfinished = table[table["status"].isin(["interrupted", "running"])]
+    notes_on_count = [f"{len(errored)} errored, listed below"] if len(errored) else []
+    notes_on_count += [f"{len(unfinished)} interrupted or still running"] if len(unfinished) else []
+    count = f"{len(table)} trials" + (f" ({'; '.join(notes_on_count)})" if notes_on_count else "")
     lines = [
         f"# segstudy report: {experiment.rstrip('/').rsplit('/', 1)[-1]}",
         "",
@@ -237,16 +271,16 @@ def render_markdown(experiment: str, settings: dict, table: pd.DataFrame, figure
                   f"each rerun with {seeds} seed(s) to the full epochs without early stopping. The search's own "
                   "trials are in `search_summary.csv`.", ""]
     if len(scored):
-        best = scored.iloc[0]
-        lines += [f"**Best configuration:** {MODEL_LABEL.get(best['model'], best['model'])}, {best['strategy']} "
-                  f"(init `{best['init']}`, lr {best['lr']:.3g}, gamma {best['gamma']:.4g}), trial "
-                  f"`{best['trial_id']}`: best val mIoU {best['best_val_miou']:.4f} at epoch {best['best_epoch']}"
-                  + (f", test mIoU {best['test_miou']:.4f}." if not math.isnan(best["test_miou"]) else "."), ""]
+        lines += [_headline(table), ""]
     if found is not None and len(found):
-        lines += _findings_section(found, margin)
+        lines += _findings_section(found, margin, seeds, grid=settings.get("searcher") == "grid")
     if test_summary is not None and len(test_summary):
+        same_split = settings.get("dataset") == "cityscapes"  # its official test labels are withheld
         lines += ["## Test mIoU", "", "The best checkpoint of every seed of each strategy's best configuration, on the "
-                  "test split: mean and Student-t 95 % CI over seeds (`test_summary.csv`).", "",
+                  "test split: mean and Student-t 95 % CI over seeds (`test_summary.csv`; `seeds` counts the seeds "
+                  "evaluated)." + (" **Cityscapes has no independent test split here: its \"test\" is the official "
+                                   "val split, the same images that chose the checkpoints and the configurations, so "
+                                   "these figures are optimistic.**" if same_split else ""), "",
                   "| model | strategy | lr | seeds | test mIoU | 95 % CI |", "| --- | --- | ---: | ---: | ---: | --- |"]
         for row in test_summary.itertuples():
             ci = "—" if math.isnan(row.ci_low) else f"[{row.ci_low:.4f}, {row.ci_high:.4f}]"
@@ -260,7 +294,7 @@ def render_markdown(experiment: str, settings: dict, table: pd.DataFrame, figure
         best_val, test = (("—" if math.isnan(v) else f"{v:.4f}") for v in (row.best_val_miou, row.test_miou))
         lines.append(f"| {row.trial_id} | {MODEL_LABEL.get(row.model, row.model)} | {row.strategy} | {row.lr:.3g} | "
                      f"{row.gamma:.4g} | {row.seed} | {row.epochs} | "
-                     f"{'yes' if row.stop_reason.startswith('stopped') else 'no'} | {best_val} | {test} |")
+                     f"{_ended(row)} | {best_val} | {test} |")
     lines += ["", "Test mIoU is given for every seed of each strategy's best configuration.", ""]
     if len(errored):
         lines += ["## Errored trials", "", f"{len(errored)} of {len(table)} trials ended with an error (details: "
@@ -278,22 +312,44 @@ def render_markdown(experiment: str, settings: dict, table: pd.DataFrame, figure
     return "\n".join(lines)
 
 
-def _findings_section(found: pd.DataFrame, margin: float) -> list[str]:
-    lines = ["## Findings", "",
-             "Each of the original report's claims, tested across seeds (`findings.csv`): Welch's t-test with a Holm "
-             f"correction across the claims; claim 4 is an equivalence test (TOST) with a margin of ±{margin:g} mIoU. "
-             "A verdict needs at least 3 seeds per group; see `analysis/findings.py` for why these tests.", "",
-             "| claim | metric | A | B | n (A/B) | mean A | mean B | A − B [CI] | p (Holm) | verdict |",
-             "| --- | --- | --- | --- | --- | ---: | ---: | --- | ---: | --- |"]
-    for row in found.itertuples():
-        ci = "" if math.isnan(row.ci_low) else f" [{row.ci_low:+.3f}, {row.ci_high:+.3f}]"
-        p = "—" if math.isnan(row.p_holm) else f"{row.p_holm:.3g}"
-        lines.append(f"| {row.claim} | {row.metric} | {row.group_a} | {row.group_b} | {row.n_a}/{row.n_b} | "
-                     f"{row.mean_a:.3f} | {row.mean_b:.3f} | {row.diff:+.3f}{ci} | {p} | **{row.verdict}** |")
-    lines.append("")
-    for claim, (_, row) in zip(CLAIMS, found.iterrows(), strict=True):
-        lines += [f"- **{row['claim']}** ({row['metric']}): {describe(row, claim, margin)}"]
-    return lines + [""]
+def _findings_section(found: pd.DataFrame, margin: float, seeds: int = 1, grid: bool = False) -> list[str]:
+    """The claims with a completed run in both groups (the others are named in one line). ``seeds``: seeds per
+    configuration; with one, no claim can be tested, and the section says which command can."""
+    rows = [(claim, row) for claim, (_, row) in zip(CLAIMS, found.iterrows(), strict=True)
+            if row["n_a"] > 0 and row["n_b"] > 0]
+    lines = ["## Findings", ""]
+    if seeds <= 1:
+        rerun = ("`--repeats 3` runs each configuration with 3 seeds" if grid else
+                 "`--confirm-top K --repeats 3` reruns its K best configurations with 3 seeds each")
+        lines += [f"This study ran one seed per configuration, so it cannot test the original report's claims (a "
+                  f"verdict needs at least {MIN_SEEDS} seeds per group); {rerun}, which can."
+                  + (" Below, the single runs' differences, for the claims with a run in both groups." if rows else ""),
+                  ""]
+    else:
+        lines += ["Each of the original report's claims, tested across seeds (`findings.csv`): Welch's t-test with a "
+                  "Holm correction across the claims; claim 4 is an equivalence test (TOST) with a margin of "
+                  f"±{margin:g} mIoU. A verdict needs at least {MIN_SEEDS} seeds per group; see `analysis/findings.py` "
+                  "for why these tests.", ""]
+    if rows:
+        lines += ["| claim | metric | A | B | n (A/B) | mean A | mean B | A − B [CI] | p (Holm) | verdict |",
+                  "| --- | --- | --- | --- | --- | ---: | ---: | --- | ---: | --- |"]
+        for _, row in rows:
+            ci = "" if math.isnan(row["ci_low"]) else f" [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]"
+            p = "—" if math.isnan(row["p_holm"]) else f"{row['p_holm']:.3g}"
+            lines.append(f"| {row['claim']} | {row['metric']} | {row['group_a']} | {row['group_b']} | "
+                         f"{row['n_a']}/{row['n_b']} | {row['mean_a']:.3f} | {row['mean_b']:.3f} | "
+                         f"{row['diff']:+.3f}{ci} | {p} | **{row['verdict']}** |")
+        lines.append("")
+        if seeds > 1:
+            lines += [f"- **{row['claim']}** ({row['metric']}): {describe(row, claim, margin)}" for claim, row in rows]
+            lines.append("")
+    shown = {row["claim"] for _, row in rows}
+    missing = [row["claim"] + (f" ({row['metric']})" if row["claim"] in shown else "") for _, row in found.iterrows()
+               if row["n_a"] == 0 or row["n_b"] == 0]
+    if missing:
+        lines += ["Left out, with no completed trial to score in one of their groups (`findings.csv` has every claim): "
+                  + "; ".join(dict.fromkeys(missing)) + ".", ""]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

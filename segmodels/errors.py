@@ -27,3 +27,9 @@ class ModelError(UsageError):
 
 class PretrainedUnavailable(ModelError):
     """Pretrained weights are needed but are neither given nor cached, and cannot be downloaded."""
+
+
+class StudyInterrupted(Exception):
+    """A study stopped by SIGINT or SIGTERM after Tune saved its state: ``--resume`` continues it (exit 130)."""
+
+    exit_code = 130

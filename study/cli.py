@@ -6,11 +6,13 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 
-from study.errors import UsageError
+from study.errors import StudyInterrupted, UsageError
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -30,9 +32,36 @@ def main_guard(prog: str, main: Callable[[list[str] | None], int | None], argv: 
         return 2
     except SystemExit as exc:  # argparse's own errors (already printed as one line) and --help
         return exc.code if isinstance(exc.code, int) else 2
+    except StudyInterrupted as exc:
+        print(f"{prog}: interrupted: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+
+
+@contextlib.contextmanager
+def sigterm_as_sigint() -> Iterator[None]:
+    """While active, SIGTERM (``kill``, a batch scheduler, ``ray job stop``) takes Ctrl-C's path: whatever
+    handles SIGINT at that moment runs, i.e. Ray Tune's graceful stop (it saves the experiment and searcher
+    state, then stops the trials) during a ``Tuner.fit``, and KeyboardInterrupt elsewhere. The handler is
+    called directly, not re-raised as a signal: a Ray Job's driver has SIGINT blocked. A second SIGTERM
+    (or Ctrl-C) during the graceful stop cuts it short, as Tune's own handler does for SIGINT."""
+
+    def forward(signum: int, frame: object) -> None:
+        handler = signal.getsignal(signal.SIGINT)
+        if not callable(handler):  # SIG_IGN or SIG_DFL: nothing in Python would see Ctrl-C either
+            raise KeyboardInterrupt
+        handler(signal.SIGINT, frame)
+
+    if threading.current_thread() is not threading.main_thread():  # signals are the main thread's
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager

@@ -5,6 +5,6 @@ classes): ``UsageError`` > ``ConfigError`` (an option), ``DataError`` (a data fi
 (a model or its weights) > ``PretrainedUnavailable``.
 """
 
-from segmodels.errors import ConfigError, DataError, ModelError, PretrainedUnavailable, UsageError
+from segmodels.errors import ConfigError, DataError, ModelError, PretrainedUnavailable, StudyInterrupted, UsageError
 
-__all__ = ["ConfigError", "DataError", "ModelError", "PretrainedUnavailable", "UsageError"]
+__all__ = ["ConfigError", "DataError", "ModelError", "PretrainedUnavailable", "StudyInterrupted", "UsageError"]

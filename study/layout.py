@@ -8,6 +8,8 @@ No Ray and no running cluster is needed. ``docs/results-layout.md`` describes th
       metrics.json               the validation row this checkpoint was saved at
       history.csv                every validation row of the run up to this checkpoint
   errors/<trial_id>.txt          a trial ended by an error that retrying cannot fix (first line: the message)
+  errors/<trial_id>.last-failure.txt   the last failure Tune retried (a killed worker, a lost node)
+  fates/<trial_id>.json          how the trial ended, recorded when it happened (``study.fates``)
   pretrained/<model>_encoder.pt  encoders from the Cityscapes stage
   logs/                          Ray's worker output of this node, copied at the end
   confirm/                       a search's confirm stage: a Tune experiment of its own, laid out as above
@@ -24,6 +26,7 @@ from study import storage
 
 TRAIN_RUNS = "train"
 ERRORS = "errors"
+FATES = "fates"
 LOGS = "logs"
 STUDY_FILE = "study.json"
 SUMMARY_FILE = "summary.csv"
@@ -58,6 +61,14 @@ def trial_dir(experiment: str | Path, trial_id: str) -> str:
 
 def error_file(experiment: str | Path, trial_id: str) -> str:
     return storage.join(experiment, ERRORS, f"{trial_id}.txt")
+
+
+def last_failure_file(experiment: str | Path, trial_id: str) -> str:
+    return storage.join(experiment, ERRORS, f"{trial_id}.last-failure.txt")
+
+
+def fate_file(experiment: str | Path, trial_id: str) -> str:
+    return storage.join(experiment, FATES, f"{trial_id}.json")
 
 
 def checkpoints(run_dir: str | Path, with_weights: bool = True) -> list[tuple[str | Path, dict]]:

@@ -256,6 +256,8 @@ def _restore(resume: dict[str, Any], model: nn.Module, optimizer: torch.optim.Op
     optimizer.load_state_dict(resume["optimizer"])
     scheduler.load_state_dict(resume["scheduler"])
     torch.set_rng_state(resume["rng_cpu"])
+    if resume.get("rng_cuda") and torch.cuda.is_available():  # dropout and drop-path draw on the GPU
+        torch.cuda.set_rng_state_all(resume["rng_cuda"])
     result.best_val_miou, result.best_epoch = float(resume["best_val_miou"]), int(resume["best_epoch"])
     return int(resume["epoch"]) + 1
 
@@ -268,7 +270,8 @@ def _resumable_state(model: nn.Module, optimizer: torch.optim.Optimizer, schedul
     def checkpoint() -> dict[str, Any]:
         return {"epoch": epoch, "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng_cpu": torch.get_rng_state(), "best_val_miou": best_val_miou, "best_epoch": best_epoch}
+                "rng_cpu": torch.get_rng_state(), "best_val_miou": best_val_miou, "best_epoch": best_epoch,
+                "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []}
 
     return checkpoint
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from search_spaces import PRESETS, load_preset
 from study import storage
-from study.cli import OneLineParser, image_size_arg, main_guard, native_stderr_diverted
+from study.cli import OneLineParser, image_size_arg, main_guard, native_stderr_diverted, sigterm_as_sigint
 from study.config import PRECISIONS, STUDY_STAGE, TRIAL_RUNNERS
 from study.settings import StudySettings
 
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     from study.orchestrate.console import say
 
     started = time.monotonic()
-    with native_stderr_diverted(enabled=not settings.verbose) as native_log:  # Ray's C++ lines go to logs/
+    with sigterm_as_sigint(), native_stderr_diverted(enabled=not settings.verbose) as native_log:  # C++ -> logs/
         settings.native_stderr_log = native_log
         run_study(settings)
     if settings.report:

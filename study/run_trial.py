@@ -61,11 +61,14 @@ def run_local(cfg: TrainConfig, out: str | Path, resume: bool = False, progress:
     write_json(out / "config.json", cfg.to_dict())
 
     def on_validation(event: ValidationEvent) -> None:
+        # metrics.csv, then best.pt, then last.pt: a crash between any two leaves last.pt older than the
+        # others, so --resume trains that epoch again and rewrites its row; no row is lost, and best.pt is
+        # never ahead of metrics.csv.
+        rows.append(event.row)
+        write_csv(out / "metrics.csv", rows, METRIC_COLUMNS)
         if event.is_best:
             atomic_torch_save(model_checkpoint(cfg, event, train_set.class_names), out / "best.pt")
         atomic_torch_save({"config": cfg.to_dict(), **event.checkpoint()}, out / "last.pt")
-        rows.append(event.row)
-        write_csv(out / "metrics.csv", rows, METRIC_COLUMNS)
 
     result = train(cfg, train_set, val_set, model, on_validation=on_validation, resume=state, progress=progress)
     log.info("best val mIoU %.4f at epoch %d; results in %s", result.best_val_miou, result.best_epoch, out)

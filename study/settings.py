@@ -15,6 +15,10 @@ from study.layout import CONFIRM_DIR
 
 log = logging.getLogger(__name__)
 
+# The confirm stage's seeds are seed + CONFIRM_SEED_OFFSET + k: they cannot meet the search's (every search
+# trial trains with --seed), so no seed of a confirmed configuration is the run that selected it.
+CONFIRM_SEED_OFFSET = 1000
+
 
 @dataclass
 class StudySettings:
@@ -133,10 +137,12 @@ class StudySettings:
         return [{**point, "seed": seed} for seed in self.seeds() for point in self.points]
 
     def confirm_stage(self, points: list[dict[str, Any]]) -> StudySettings:
-        """The confirm stage of a search: ``points`` x ``seeds()`` to the full epochs, no early stopping,
-        as its own Tune experiment in ``STORAGE/NAME/confirm``."""
+        """The confirm stage of a search: ``points`` x its seeds to the full epochs, no early stopping, as its
+        own Tune experiment in ``STORAGE/NAME/confirm``. Its seeds are ``seed + CONFIRM_SEED_OFFSET + k``,
+        disjoint from the search's (all ``seed``): the selected search run is never one of its own seeds."""
         return dataclasses.replace(self, storage=self.experiment_dir, name=CONFIRM_DIR, searcher="grid",
-                                   scheduler="fifo", points=points, confirm_top=0, num_samples=len(points))
+                                   scheduler="fifo", points=points, confirm_top=0, num_samples=len(points),
+                                   seed=self.seed + CONFIRM_SEED_OFFSET)
 
     @property
     def runner(self) -> str:

@@ -2,7 +2,8 @@
 
 ``load_history`` gives one row per trial per validation; ``summary_table`` reduces it to one row per
 trial with ``SUMMARY_COLUMNS``. ``study.run`` writes ``summary.csv`` from it and ``analysis`` reads
-the same table, so both agree on names and on what "stopped early" or "error" means.
+the same table; both take "stopped early", "error" or "interrupted" from the record ``study.fates``
+keeps, written when the trial ended.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import math
 import pandas as pd
 
 from study import storage
+from study.fates import ERROR, STATUS, STOPPED_BY_ASHA, read_fate
 from study.layout import (
     CONFIRM_DIR,
     ERRORS,
+    FATES,
     TUNE_ERROR_FILE,
     TUNE_PARAMS_FILE,
     best_trial_checkpoint,
@@ -27,23 +30,24 @@ from study.layout import (
 
 HYPERPARAMETERS = ("model", "init", "lr", "gamma")  # what Tune samples for a trial
 SUMMARY_COLUMNS = ("trial_id", "model", "init", "lr", "gamma", "seed", "epochs", "best_val_miou", "best_epoch",
-                   "stopped_early", "status", "stop_reason", "error", "best_checkpoint")
+                   "stopped_early", "status", "stop_reason", "failures", "error", "best_checkpoint")
 METRICS = ("train_loss", "train_miou", "val_loss", "val_miou")
 
 
 def trial_ids(experiment: str) -> list[str]:
     """Ids of the Tune trials in a study folder: each folder with a params.json (or, for a trial that failed
     before it started, Tune's error.txt) that Tune's latest experiment state lists or that holds results or
-    an error. A driver stopped while Tune was creating a trial can leave a folder that the resumed study
-    never runs (it is not in the restored state): that one is not a trial."""
+    an error. A folder ``--resume`` found unknown to Tune's saved state (``study.fates``: orphaned) is not a
+    trial: Tune ran its configuration again as a new one."""
     files = set(storage.list_files(experiment))
     ids = sorted({f.split("/", 1)[0].removeprefix("trial_") for f in files
                   if f.startswith(trial_folder("")) and f.count("/") == 1
                   and f.endswith(("/" + TUNE_PARAMS_FILE, "/" + TUNE_ERROR_FILE))})
     known = tune_state_trial_ids(experiment, files)
     return [i for i in ids
-            if known is None or i in known or f"{ERRORS}/{i}.txt" in files
-            or f"{trial_folder(i)}/{TUNE_ERROR_FILE}" in files or tune_results(experiment, i)]
+            if not (f"{FATES}/{i}.json" in files and read_fate(experiment, i).get("orphaned"))
+            and (known is None or i in known or f"{ERRORS}/{i}.txt" in files
+                 or f"{trial_folder(i)}/{TUNE_ERROR_FILE}" in files or tune_results(experiment, i))]
 
 
 def results_experiment(experiment: str) -> str:
@@ -75,10 +79,14 @@ def tune_state_trial_ids(experiment: str, files: set[str]) -> set[str] | None:
 
 
 def trial_error(experiment: str, trial_id: str) -> str:
-    """The one-line error of a trial that failed: segstudy's record (an error retrying cannot fix) or
-    the last line of Ray Tune's error.txt (after its retries); empty when it did not fail."""
+    """The one-line error of a trial that failed for good: segstudy's record (an error retrying cannot fix) or,
+    once Tune gave up on it (its fate is ``error``), the last line of Tune's error.txt; empty otherwise. Tune
+    appends to error.txt at every failure, also those it then recovers from, so that file alone says nothing."""
     ours, tunes = error_file(experiment, trial_id), storage.join(trial_dir(experiment, trial_id), TUNE_ERROR_FILE)
-    for path, line in ((ours, 0), (tunes, -1)):  # ours starts with its message; Tune's ends with the exception
+    sources = [(ours, 0)]  # ours starts with its message; Tune's ends with the exception
+    if read_fate(experiment, trial_id).get("fate") == ERROR:
+        sources.append((tunes, -1))
+    for path, line in sources:
         if storage.is_file(path):
             lines = [text for text in storage.read_bytes(path).decode(errors="replace").splitlines() if text.strip()]
             if lines:
@@ -86,13 +94,9 @@ def trial_error(experiment: str, trial_id: str) -> str:
     return ""
 
 
-def load_history(experiment: str, max_epochs: int | None = None, finished: bool = False,
-                 default_seed: int = 0) -> pd.DataFrame:
-    """Every validation row of every trial, with the trial's configuration, status and best checkpoint.
-
-    ``max_epochs``: the study's epochs (a trial that reached them completed); ``finished``: the study
-    has ended, so a trial short of them was stopped early rather than still running.
-    """
+def load_history(experiment: str, default_seed: int = 0) -> pd.DataFrame:
+    """Every validation row of every trial, with the trial's configuration, its fate as recorded
+    (``study.fates``: status, stop_reason, failures; "running" while nothing is recorded) and best checkpoint."""
     frames = []
     for trial_id in trial_ids(experiment):
         params_file = storage.join(trial_dir(experiment, trial_id), TUNE_PARAMS_FILE)
@@ -105,16 +109,13 @@ def load_history(experiment: str, max_epochs: int | None = None, finished: bool 
             frame[key] = params.get(key)
         frame["seed"] = params.get("seed", default_seed)
         reached = int(frame["epoch"].max()) if frame["epoch"].notna().any() else 0
+        fate = read_fate(experiment, trial_id)
+        reason = fate.get("fate", "running")
         error = trial_error(experiment, trial_id)
-        if error:
-            status, reason = "error", "error"
-        elif max_epochs is None or reached >= max_epochs:
-            status, reason = "done", "completed"
-        else:
-            status, reason = ("done", "stopped early (ASHA)") if finished else ("running", "running or interrupted")
         frame["epochs_reached"] = reached
-        frame["status"], frame["stop_reason"], frame["error"] = status, reason, error
-        frame["stopped_early"] = reason.startswith("stopped")
+        frame["status"], frame["stop_reason"] = STATUS.get(reason, "running"), reason
+        frame["failures"], frame["error"] = int(fate.get("failures", 0)), error
+        frame["stopped_early"] = reason == STOPPED_BY_ASHA
         best = best_trial_checkpoint(experiment, trial_id, epochs_seen=reached)  # result.json is read already
         frame["best_checkpoint"] = str(best) if best else ""
         frames.append(frame)
@@ -122,7 +123,7 @@ def load_history(experiment: str, max_epochs: int | None = None, finished: bool 
         return pd.DataFrame(columns=["trial_id", *HYPERPARAMETERS, "seed", "epoch", *METRICS])
     history = pd.concat(frames, ignore_index=True)
     keep = ["trial_id", *HYPERPARAMETERS, "seed", "epoch", *METRICS, "epoch_lr", "images_per_s", "node_id",
-            "epochs_reached", "status", "stop_reason", "stopped_early", "error", "best_checkpoint"]
+            "epochs_reached", "status", "stop_reason", "stopped_early", "failures", "error", "best_checkpoint"]
     return history[[c for c in keep if c in history.columns]].sort_values(["trial_id", "epoch"]).reset_index(drop=True)
 
 

@@ -56,6 +56,21 @@ def processes_with_env(marker: bytes) -> list[int]:
     return pids
 
 
+def kill_leftovers(marker: bytes, wait_s: float = 30) -> list[int]:
+    """After a test cluster's nodes were stopped: wait for the processes whose environment holds ``marker``
+    (that cluster's own token: nobody else's processes have it) to exit, SIGKILL those that do not, and
+    return them (a test asserts there were none)."""
+    deadline = time.monotonic() + wait_s
+    while (leftover := processes_with_env(marker)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for pid in leftover:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return leftover
+
+
 def dashboard_get(port: int, path: str, token: str | None) -> tuple[int, dict]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers)

@@ -38,8 +38,13 @@ def test_every_figure_and_csv_exists(demo_report: Path, demo_study: Path) -> Non
     text = (demo_report / "report.md").read_text()
     images = [line[line.index("](") + 2 : -1] for line in text.splitlines() if line.startswith("![")]
     expected = {"samples_pets.png", "samples_cityscapes.png", "hyperparameters.png", "asha_stops.png", "importance.png"}
-    expected |= {f"curves_{m}.png" for m in set(load_experiment(demo_study)["model"])}
+    df = load_experiment(demo_study)
+    models = set(df["model"])
+    done = set(df.loc[df["stop_reason"] == "completed", "model"])  # only a completed trial is a strategy's run
+    expected |= {f"curves_{m}.png" for m in done}
     assert expected <= set(images)
+    for model in models - done:  # ASHA stopped every trial of this model: said in one line, no empty figure
+        assert f"curves_{model}.png" not in images and "no trial completed its epochs" in text
     assert any(i.startswith("test/") and i.endswith("roc.png") for i in images)
     for image in images:
         png, csv = demo_report / image, (demo_report / image).with_suffix(".csv")
@@ -48,12 +53,14 @@ def test_every_figure_and_csv_exists(demo_report: Path, demo_study: Path) -> Non
 
 
 def test_report_names_the_best_configuration(demo_report: Path, demo_study: Path) -> None:
-    best = trial_table(load_experiment(demo_study)).iloc[0]
+    """The best configuration among the trials that completed their epochs (one seed each in the demo)."""
+    table = trial_table(load_experiment(demo_study))
     summary = pd.read_csv(demo_study / "summary.csv")
-    assert str(summary.iloc[0]["trial_id"]) == best["trial_id"]
+    assert str(summary.iloc[0]["trial_id"]) == table.iloc[0]["trial_id"]
+    best = table[table["stop_reason"] == "completed"].iloc[0]
     line = next(row for row in (demo_report / "report.md").read_text().splitlines()
                 if row.startswith("**Best configuration:**"))
-    assert f"trial `{best['trial_id']}`" in line and f"{best['best_val_miou']:.4f}" in line
+    assert f"one seed, trial `{best['trial_id']}`" in line and f"best val mIoU {best['best_val_miou']:.4f}" in line
 
 
 def test_test_metrics_agree_with_independent_computations(demo_report: Path, demo_study: Path, toy_root: Path,
@@ -112,6 +119,8 @@ def test_errored_trials_are_counted_and_listed(demo_study: Path, toy_root: Path,
     import os
     import shutil
 
+    from study.fates import ERROR, record_fate
+
     study = tmp_path / "demo"  # files linked, not copied: FCN checkpoints are hundreds of MB
     shutil.copytree(demo_study, study, ignore=shutil.ignore_patterns("report", "logs", "wandb"),
                     copy_function=os.symlink)
@@ -119,8 +128,18 @@ def test_errored_trials_are_counted_and_listed(demo_study: Path, toy_root: Path,
     ours, tunes = summary["trial_id"].iloc[-2:]
     (study / "errors").mkdir(exist_ok=True)
     (study / "errors" / f"{ours}.txt").write_text("--pretrained /gone.pt: no such file\n\nTraceback ...\n")
+    (study / f"trial_{tunes}" / "error.txt").unlink(missing_ok=True)
     (study / f"trial_{tunes}" / "error.txt").write_text("Traceback (most recent call last):\n  ...\n"
                                                          "RuntimeError: the worker died\n")
+    for trial_id in (ours, tunes):  # what the driver records as each ends (study.fates); a copy, not the link
+        (study / "fates" / f"{trial_id}.json").unlink()
+        record_fate(str(study), trial_id, ERROR, epoch=2)
+    from analysis.load import best_configuration_trials
+
+    chosen = best_configuration_trials(load_experiment(study), "segformer")  # a seed that cannot be evaluated
+    strategy, (unevaluated,) = next((s, ids) for s, ids in chosen.items() if {ours, tunes}.isdisjoint(ids))
+    for weights in (study / f"trial_{unevaluated}").glob("checkpoint_*/checkpoint.pt"):
+        weights.unlink()
     text = report.write_report(study, toy_root, tmp_path / "out", cache_dir=str(cache_dir)).read_text()
     assert f"{len(summary)} trials (2 errored, listed below)" in text
     errored = text[text.index("## Errored trials"):].split("\n## ")[0]
@@ -129,3 +148,6 @@ def test_errored_trials_are_counted_and_listed(demo_study: Path, toy_root: Path,
     curves = pd.concat(pd.read_csv(p) for p in (tmp_path / "out").glob("curves_*.csv"))
     assert not {ours, tunes} & set(" ".join(curves["trials"]).split())
     assert tuple(pd.read_csv(tmp_path / "out" / "findings.csv").columns)[-1] == "verdict"
+    tests = pd.read_csv(tmp_path / "out" / "test_summary.csv")  # seeds counts the seeds evaluated, not chosen
+    assert tests.loc[(tests["model"] == "segformer") & (tests["strategy"] == strategy), "seeds"].item() == 0
+    assert f"(trial {unevaluated}): not evaluated" in text

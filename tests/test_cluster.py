@@ -30,7 +30,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,7 +41,7 @@ import yaml
 from ray_nodes import (
     dashboard_get,
     free_port,
-    processes_with_env,
+    kill_leftovers,
     stop_group,
     wait_for_log,
     wait_for_nodes,
@@ -247,14 +246,7 @@ def two_nodes() -> Iterator[dict]:
             if name in processes:
                 stop_group(processes[name])
         marker = f"RAY_AUTH_TOKEN={token}".encode()
-        deadline = time.monotonic() + 30
-        while (leftover := processes_with_env(marker)) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        for pid in leftover:  # processes of this cluster only: nobody else has its token
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        leftover = kill_leftovers(marker)
         shutil.rmtree(temp_root, ignore_errors=True)
         assert not leftover, f"processes of the test cluster outlived its nodes: {leftover}"
 

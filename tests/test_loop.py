@@ -69,3 +69,48 @@ def test_precision_bf16_autocasts_training_and_validates_in_fp32(toy_root: Path,
     assert {dtype for training, dtype in seen if not training} == {torch.float32}
     assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
     assert resolve_precision("auto", torch.device("cuda")) == "fp32"  # until the GPU benchmark decides
+
+
+class Crash(Exception):
+    """Stands for the process dying at a chosen point."""
+
+
+def test_a_crash_between_the_metrics_and_the_resumable_state_loses_no_row(toy_root: Path, cache_dir: Path,
+                                                                         tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """``study.run_trial`` dies after epoch 4's metrics.csv row but before its last.pt; --resume trains epoch 4
+    again: every row is there once, and best.pt is the weights of metrics.csv's best row."""
+    import pandas as pd
+
+    from study import run_trial
+
+    real_save = run_trial.atomic_torch_save
+
+    def dying_save(data: dict, path: Path) -> Path:
+        if Path(path).name == "last.pt" and data["epoch"] == 4:
+            raise Crash
+        return real_save(data, path)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(run_trial, "atomic_torch_save", dying_save)
+    with pytest.raises(Crash):
+        run_local(small_config(toy_root), out)
+    assert list(pd.read_csv(out / "metrics.csv")["epoch"]) == [2, 4]  # the row went first
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 2
+    monkeypatch.setattr(run_trial, "atomic_torch_save", real_save)
+    run_local(small_config(toy_root), out, resume=True)
+    rows = pd.read_csv(out / "metrics.csv")
+    assert list(rows["epoch"]) == [2, 4, 6]
+    best = torch.load(out / "best.pt", weights_only=True)
+    assert best["val_miou"] == pytest.approx(rows["val_miou"].max())
+    assert best["epoch"] == rows.loc[rows["val_miou"].idxmax(), "epoch"]
+    uninterrupted = run_local(small_config(toy_root), tmp_path / "uninterrupted")
+    assert list(rows["val_miou"]) == pytest.approx([r["val_miou"] for r in uninterrupted.rows])
+
+
+def test_the_resumable_state_keeps_the_cuda_random_state_where_cuda_is_used(toy_root: Path, cache_dir: Path,
+                                                                          tmp_path: Path) -> None:
+    run_local(small_config(toy_root, epochs=2), tmp_path / "run")
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert "rng_cuda" in state  # empty on a machine where CUDA was never initialised
+    assert len(state["rng_cuda"]) == (torch.cuda.device_count() if torch.cuda.is_initialized() else 0)

@@ -69,6 +69,11 @@ def test_a_killed_worker_resumes_from_its_latest_checkpoint(ray_cluster: str, to
     restarted_at = next(row["epoch"] for _, row in kept if row["worker_pid"] != first["worker_pid"])
     assert restarted_at > first["epoch"]  # ... after the checkpoint: no epoch before it was recomputed
     assert history.loc[history["epoch"] == first["epoch"], "val_miou"].item() == first["val_miou"]
+    # counted by how it ended, with its failure on record (the Train runner's restarts are Train's own)
+    row = pd.read_csv(experiment / "summary.csv").iloc[0]
+    assert (row["status"], row["stop_reason"]) == ("done", "completed") and pd.isna(row["error"]), row
+    if trial_runner == "tune":
+        assert row["failures"] == 1 and (experiment / "errors" / f"{trial_id}.last-failure.txt").is_file()
 
 
 def test_an_error_retrying_cannot_fix_ends_its_trial_at_once(ray_cluster: str, toy_root: Path, cache_dir: Path,

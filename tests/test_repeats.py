@@ -59,7 +59,10 @@ def test_a_search_then_its_confirm_stage_resumes_after_the_driver_is_killed(
     top = search[search["status"] == "done"].drop_duplicates(["model", "init", "lr", "gamma"]).head(2)
     confirmed = summary.groupby(["model", "init", "lr", "gamma"])["seed"].apply(sorted)
     assert sorted(confirmed.index) == sorted(top[["model", "init", "lr", "gamma"]].itertuples(index=False, name=None))
-    assert all(seeds == [0, 1] for seeds in confirmed)
+    assert all(seeds == [1000, 1001] for seeds in confirmed)  # disjoint from the search's seed (0)
+    assert set(search["seed"]) == {0} and not set(search["seed"]) & set(summary["seed"])
+    study = json.loads((experiment / "study.json").read_text())
+    assert study["confirm_seeds"] == [1000, 1001] and "1000" in study["confirm_seed_rule"]
     assert (summary["epochs"] == 4).all() and not summary["stopped_early"].any()  # full epochs, no ASHA
     for trial, mtime in search_times.items():  # the search was not rerun
         assert _trial_checkpoint_mtime(experiment, trial) == mtime
@@ -71,6 +74,7 @@ def test_a_search_then_its_confirm_stage_resumes_after_the_driver_is_killed(
 
     for row in summary.itertuples():  # the seed is a Tune parameter, and it is the seed the trial trained with
         assert json.loads((confirm / f"trial_{row.trial_id}" / "params.json").read_text())["seed"] == row.seed
+    assert_optuna_studies(experiment)
 
     from analysis import report
 
@@ -91,3 +95,28 @@ def test_a_search_then_its_confirm_stage_resumes_after_the_driver_is_killed(
         assert (val["val_miou_high"] > val["val_miou_low"]).any(), "two seeds, and no band anywhere"
     tests = pd.read_csv(out / "test_summary.csv")
     assert len(tests) >= 1 and (tests["seeds"] == 2).all() and tests["ci_low"].notna().all()
+
+
+def assert_optuna_studies(experiment: Path) -> None:
+    """optuna.db holds the search (study NAME) and the confirm stage (NAME-confirm), each continued by --resume,
+    not made again: every Tune trial once, finished, with the val mIoU of its last result as its value."""
+    import optuna
+
+    from study.layout import tune_results
+
+    db = f"sqlite:///{experiment / 'optuna.db'}"
+    assert sorted(optuna.get_all_study_names(db)) == ["confirmed", "confirmed-confirm"]
+    for name, stage, file in (("confirmed", experiment, "search_summary.csv"),
+                              ("confirmed-confirm", experiment / "confirm", "summary.csv")):
+        trials = optuna.load_study(study_name=name, storage=db).get_trials()
+        summary = pd.read_csv(experiment / file, dtype={"trial_id": str})
+        assert sorted(t.user_attrs["tune_trial_id"] for t in trials) == sorted(summary["trial_id"]), name
+        by_id = {t.user_attrs["tune_trial_id"]: t for t in trials}
+        for row in summary[summary["status"] == "done"].itertuples():
+            curve = {r["epoch"]: r["val_miou"] for r in tune_results(stage, row.trial_id) if "val_miou" in r}
+            trial = by_id[row.trial_id]
+            assert trial.state == optuna.trial.TrialState.COMPLETE, (name, row.trial_id)
+            assert trial.value == curve[max(curve)] and trial.intermediate_values == curve, (name, row.trial_id)
+            assert trial.user_attrs["best_val_miou"] == max(curve.values())
+            if name.endswith("-confirm"):
+                assert trial.params["seed"] == row.seed and max(curve) == 4

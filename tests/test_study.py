@@ -69,6 +69,11 @@ def test_the_demo_console_is_short_and_free_of_ray_internals(demo_study: Path) -
         assert stage in output, stage
     ended = [line for line in output.splitlines() if line.startswith("trial ") and " at epoch " in line]
     assert len(ended) == len(summary)  # one line per finished or stopped trial
+    for line in ended:  # each line says what the summary says: the trial's best val mIoU and how it ended
+        trial_id, best = line.split()[1], float(line.rsplit(" ", 1)[-1])
+        row = summary[summary["trial_id"].astype(str) == trial_id].iloc[0]
+        assert best == pytest.approx(row["best_val_miou"], abs=5e-5), (line, row["best_val_miou"])
+        assert (" stopped by ASHA " in line) == bool(row["stopped_early"]), line
     assert "trials ranked by best val mIoU" in output
 
 
@@ -173,6 +178,14 @@ def test_resume_after_the_driver_is_killed(ray_cluster: str, toy_root: Path, cac
     for result in experiment.glob("trial_*/result.json"):
         epochs = _epochs(result)
         assert len(epochs) == len(set(epochs)), f"{result}: an epoch was reported twice: {epochs}"
+    # the Optuna study in optuna.db continued: each trial of the summary finished once in it; nothing is left
+    # running or waiting (a trial Tune's saved state did not know is FAIL, and its point asked again)
+    import optuna
+
+    trials = optuna.load_study(study_name="killed", storage=f"sqlite:///{experiment / 'optuna.db'}").get_trials()
+    complete = [t.user_attrs["tune_trial_id"] for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert sorted(complete) == sorted(pd.read_csv(experiment / "summary.csv", dtype={"trial_id": str})["trial_id"])
+    assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL) for t in trials)
 
 
 def _trial_checkpoint_mtime(experiment: Path, trial_folder: str) -> int:

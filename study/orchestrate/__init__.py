@@ -17,6 +17,7 @@ import ray
 
 from study import storage
 from study.config import parse_image_size
+from study.errors import StudyInterrupted
 from study.io import csv_text, json_text
 from study.layout import SEARCH_SUMMARY_FILE, STUDY_FILE, SUMMARY_FILE
 from study.orchestrate.cluster import (
@@ -31,9 +32,11 @@ from study.orchestrate.cluster import (
 )
 from study.orchestrate.console import TrialTable, print_summary, say
 from study.orchestrate.pretrain import pretrain_encoders
+from study.orchestrate.stops import expected_trials
 from study.orchestrate.tuner import run_tune
+from study.orchestrate.wandb_key import withhold_key
 from study.preflight import preflight
-from study.settings import StudySettings
+from study.settings import CONFIRM_SEED_OFFSET, StudySettings
 from study.summary import SUMMARY_COLUMNS, load_history, results_experiment, summary_table, top_configurations
 
 __all__ = ["DRIVER_RESOURCE", "autoscaler_capacity", "driver_request", "plan_resources", "run_study", "start_ray"]
@@ -46,6 +49,8 @@ def run_study(settings: StudySettings) -> pd.DataFrame:
     preflight(settings)
     height, width = parse_image_size(settings.image_size)
     say(f"data and encoders checked: {settings.dataset} at {settings.data_root}, {height}x{width} px")
+    if settings.wandb:  # before a local Ray starts: it would copy the key into every Ray process's environment
+        withhold_key()
     started_here, recorded = start_ray(settings), False
     try:
         where = f"dashboard {dashboard_url()}" if dashboard_url() else "no dashboard"
@@ -54,13 +59,17 @@ def run_study(settings: StudySettings) -> pd.DataFrame:
         record_settings(settings)
         recorded = True  # from here on the experiment folder exists: Ray's logs go there too
         pretrained = pretrain_encoders(settings, announce=say)
-        trials = len(settings.grid_points()) if settings.searcher == "grid" else settings.num_samples
+        trials = expected_trials(settings)
         seeds = f" ({len(settings.points)} configurations x {settings.repeats} seeds)" if settings.repeats > 1 else ""
         say(f"trials: {trials}{seeds} ({settings.searcher}, {settings.scheduler}), up to "
             f"{settings.max_concurrent} at once")
-        run_tune(settings, pretrained, TrialTable(settings))
-        if settings.confirm_top:
-            run_confirm_stage(settings, pretrained)
+        try:
+            run_tune(settings, pretrained, TrialTable(settings))
+            if settings.confirm_top:
+                run_confirm_stage(settings, pretrained)
+        except StudyInterrupted:
+            write_summary(settings)  # the trials as they are at the stop, the unfinished ones "interrupted"
+            raise
         summary = write_summary(settings)
     finally:
         logs = copy_worker_logs(settings.experiment_dir, settings.native_stderr_log) if recorded else None
@@ -79,6 +88,9 @@ def record_settings(settings: StudySettings) -> None:
     if not storage.exists(target):
         data = {k: v for k, v in dataclasses.asdict(settings).items()
                 if k not in ("resume", "verbose", "native_stderr_log")}
+        if settings.confirm_top:  # the rule, and the seeds it gives (StudySettings.confirm_stage)
+            data["confirm_seed_rule"] = f"seed + {CONFIRM_SEED_OFFSET} + k, k = 0 .. repeats - 1"
+            data["confirm_seeds"] = settings.confirm_stage([]).seeds()
         storage.write_bytes(target, json_text(data).encode())
 
 
@@ -100,7 +112,7 @@ def write_summary(settings: StudySettings, trials_from: str | None = None, file:
     """``file``: one row per trial of ``trials_from`` (default: the study's results, i.e. its confirm stage
     when it has one), ranked by best val mIoU (``study.summary``, from the files on storage)."""
     trials_from = trials_from or results_experiment(settings.experiment_dir)
-    summary = summary_table(load_history(trials_from, settings.epochs, finished=True, default_seed=settings.seed))
+    summary = summary_table(load_history(trials_from, default_seed=settings.seed))
     storage.write_bytes(storage.join(settings.experiment_dir, file),
                         csv_text(summary.to_dict("records"), SUMMARY_COLUMNS).encode())
     return summary

@@ -3,9 +3,13 @@ keep Ray's own output off the console."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import socket
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +75,8 @@ def start_ray(settings: StudySettings | None = None, num_cpus: int | None = None
     if address:
         env = ray_env(settings, address, joined=True)
         os.environ.update(env)
-        _remember(ray.init(address=address, runtime_env={"env_vars": env}, **options))
+        with _keeping_sigterm_handler():
+            _remember(ray.init(address=address, runtime_env={"env_vars": env}, **options))
         return "joined"
     with socket.socket() as probe:  # a free port for the GCS, so the address is known before Ray starts
         probe.bind(("", 0))
@@ -81,8 +86,9 @@ def start_ray(settings: StudySettings | None = None, num_cpus: int | None = None
     env = ray_env(settings, address, joined=False)
     os.environ.update({k: v for k, v in env.items() if k != "RAY_ADDRESS"})
     try:  # the dashboard stays on: the placement-group cleaner needs the State API
-        _remember(ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-                           runtime_env={"env_vars": env}, **options))
+        with _keeping_sigterm_handler():
+            _remember(ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                               runtime_env={"env_vars": env}, **options))
     finally:
         del os.environ["RAY_GCS_SERVER_PORT"]
     if ray.get_runtime_context().gcs_address != address:
@@ -96,6 +102,18 @@ _dashboard: dict[str, str] = {}
 
 def _remember(context: Any) -> None:
     _dashboard["url"] = getattr(context, "dashboard_url", "") or ""
+
+
+@contextlib.contextmanager
+def _keeping_sigterm_handler() -> Iterator[None]:
+    """``ray.init`` replaces the driver's SIGTERM handler with ``sys.exit``; a handler the caller installed
+    (``study.cli.sigterm_as_sigint``: Tune's graceful stop) is put back."""
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if callable(previous) and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
 
 
 def dashboard_url() -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -18,6 +19,7 @@ from rich.live import Live
 from rich.table import Table
 
 from study import storage
+from study.fates import COMPLETED, ERROR, STOPPED_BY_ASHA, fate_of
 from study.layout import SUMMARY_FILE, error_file, trial_dir, tune_results
 from study.settings import StudySettings
 from study.summary import trial_error
@@ -60,29 +62,36 @@ class TrialTable(tune.Callback):
             row["best"] = row["val_miou"]
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        row = self.rows.setdefault(trial.trial_id, {"epoch": 0, "best": None})
-        error = trial_error(self.settings.experiment_dir, trial.trial_id)
-        if error:
-            row["status"] = "error"
-            self.announce(f"trial {trial.trial_id} error: {error} (details: "
-                          f"{storage.display(error_file(self.settings.experiment_dir, trial.trial_id))})")
-            return
-        # From Tune's record, not only this callback's: a trial restored after a killed driver may end at once.
-        recorded = tune_results(self.settings.experiment_dir, trial.trial_id)
-        row["epoch"] = max([row.get("epoch", 0), *(r["epoch"] for r in recorded if "epoch" in r)])
-        scores = [r["val_miou"] for r in recorded if r.get("val_miou") is not None]
-        row["best"] = max(scores) if scores else row.get("best")
-        stopped = row["epoch"] < self.settings.epochs
-        row["status"] = "stopped" if stopped else "done"
-        best = f"{row['best']:.4f}" if row.get("best") is not None else "-"
-        self.announce(f"trial {trial.trial_id} {'stopped by ASHA' if stopped else 'finished'} at epoch "
-                      f"{row['epoch']}/{self.settings.epochs}: best val mIoU {best}")
+        self.announce_end(trial)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.rows.setdefault(trial.trial_id, {"epoch": 0, "best": None})["status"] = "error"
-        experiment = self.settings.experiment_dir
-        self.announce(f"trial {trial.trial_id} error: {trial_error(experiment, trial.trial_id)} "
-                      f"(traceback: {storage.display(trial_dir(experiment, trial.trial_id))}/error.txt)")
+        self.announce_end(trial)
+
+    def announce_end(self, trial: Any) -> None:
+        """One line per ended trial, from what the summary reads too: the fate recorded for it
+        (``study.fates``, by the callback before this one) and every result Tune recorded (the driver's copy,
+        which storage receives at Tune's next sync), restored results included."""
+        row = self.rows.setdefault(trial.trial_id, {"epoch": 0, "best": None})
+        staging, experiment = str(Path(trial.local_path).parent), self.settings.experiment_dir
+        fate = fate_of(trial.trial_id, staging, experiment).get("fate", "")
+        error = trial_error(self.settings.experiment_dir, trial.trial_id) or trial_error(staging, trial.trial_id)
+        if fate == ERROR:
+            row["status"] = "error"
+            self.announce(f"trial {trial.trial_id} error: {error} (details: "
+                          f"{storage.display(error_file(self.settings.experiment_dir, trial.trial_id))}, "
+                          f"{storage.display(trial_dir(self.settings.experiment_dir, trial.trial_id))}/error.txt)")
+            return
+        # The staging copy, once Tune has logged this trial in this run (it then holds the restored rows too);
+        # storage's, for a trial restored in a new Ray session that ended at once.
+        recorded = max(tune_results(staging, trial.trial_id), tune_results(experiment, trial.trial_id), key=len)
+        row["epoch"] = max([0, *(r["epoch"] for r in recorded if "epoch" in r)])
+        scores = [r["val_miou"] for r in recorded if r.get("val_miou") is not None]
+        row["best"] = max(scores) if scores else None
+        row["status"] = "stopped" if fate == STOPPED_BY_ASHA else "done"
+        best = f"{row['best']:.4f}" if row["best"] is not None else "-"
+        said = {STOPPED_BY_ASHA: "stopped by ASHA", COMPLETED: "finished"}.get(fate, fate or "ended")
+        self.announce(f"trial {trial.trial_id} {said} at epoch {row['epoch']}/{self.settings.epochs}: "
+                      f"best val mIoU {best}")
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         if self.live is not None:
@@ -134,6 +143,6 @@ def print_summary(settings: StudySettings, summary: pd.DataFrame) -> None:
     for rank, row in enumerate(summary.itertuples(), start=1):
         table.add_row(str(rank), str(row.trial_id), str(row.model), str(row.init), f"{row.lr:.2e}", f"{row.gamma:.4f}",
                       str(row.seed), f"{row.epochs}/{settings.epochs}", f"{row.best_val_miou:.4f}",
-                      "yes" if row.stopped_early else ("error" if row.status == "error" else "no"))
+                      "yes" if row.stopped_early else (row.status if row.status != "done" else "no"))
     console().print(table)
     say(f"results: {storage.display(settings.experiment_dir)} ({SUMMARY_FILE})")

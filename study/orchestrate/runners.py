@@ -33,6 +33,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from study import storage
 from study.config import TrainConfig
+from study.fates import FINAL, read_fate
 from study.layout import TRAIN_RUNS, best_checkpoint, checkpoints, recorded_checkpoint, train_run_name
 from study.loop import ValidationEvent, train
 from study.trial import (
@@ -74,6 +75,15 @@ def _resume_from(checkpoint: Any) -> tuple[dict[str, Any] | None, list[dict[str,
         return read_checkpoint_dir(folder)
 
 
+def _ended_already(experiment_dir: str, trial_id: str) -> bool:
+    """A trial that Tune restores as running after a killed driver, but whose end was recorded (ASHA stopped
+    it, or it completed, after Tune's last save of its state): it ends at once instead of training on."""
+    fate = read_fate(experiment_dir, trial_id).get("fate")
+    if fate in FINAL:
+        log.info("trial %s: recorded as %s already; not training it again", trial_id, fate)
+    return fate in FINAL
+
+
 def _free_device_memory() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # the next trial in this (reused) actor starts with the GPU's memory free
@@ -83,6 +93,8 @@ def _free_device_memory() -> None:
 def tune_trial(params: dict[str, Any], base: dict[str, Any], experiment_dir: str) -> None:
     """Tune's function trainable: the shared loop in this process, resumed from Tune's checkpoint if any."""
     trial_id = ray.tune.get_context().get_trial_id()
+    if _ended_already(experiment_dir, trial_id):
+        return
     cfg = trial_config(params, base)
     _warn_if_gpu_unusable()
     try:
@@ -172,5 +184,7 @@ def train_trial(params: dict[str, Any], base: dict[str, Any], resources: dict[st
     """Tune's function trainable for the Train runner: start the trial's TorchTrainer, relay its reports."""
     cfg = trial_config(params, base)
     trial_id = ray.tune.get_context().get_trial_id()
+    if _ended_already(experiment_dir, trial_id):
+        return
     run_training(cfg, train_run_name(trial_id), experiment_dir, resources, callbacks=[TuneReportCallback()],
                  trial_id=trial_id)

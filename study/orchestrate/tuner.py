@@ -1,4 +1,5 @@
-"""The Tuner: the search (Optuna TPE or the report's grid), ASHA, the trial runner, retention, restarts."""
+"""The Tuner: the search (Optuna TPE or the report's grid), ASHA, the trial runner, retention, restarts;
+how a stopped study is recorded and resumed is ``stops``."""
 
 from __future__ import annotations
 
@@ -7,15 +8,22 @@ from typing import Any
 
 import optuna
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import BasicVariantGenerator
-from ray.tune.search.optuna import OptunaSearch
 
 from study import storage
 from study.layout import trial_dirname
 from study.orchestrate.cluster import driver_request
 from study.orchestrate.console import TrialTable
+from study.orchestrate.optuna_store import optuna_callbacks, optuna_search
 from study.orchestrate.runners import KEEP_CHECKPOINTS, MAX_FAILURES, train_trial, tune_trial
+from study.orchestrate.stops import (
+    STATE_SAVE_PERIOD_S,
+    FateRecorder,
+    RecordingASHA,
+    check_finished,
+    reconcile_with_storage,
+)
 from study.settings import StudySettings
 
 
@@ -39,8 +47,10 @@ def trainable(settings: StudySettings, pretrained: dict[str, str]) -> Any:
 
 def run_config(settings: StudySettings, table: TrialTable) -> tune.RunConfig:
     return tune.RunConfig(
-        name=settings.name, storage_path=settings.storage, callbacks=[table, *wandb_callbacks(settings)],
+        name=settings.name, storage_path=settings.storage,
         verbose=2 if settings.verbose else 0,
+        callbacks=[FateRecorder(settings.experiment_dir, settings.epochs), table, *wandb_callbacks(settings),
+                   *optuna_callbacks(settings)],  # optuna.db (a grid's trials) and TensorBoard's event files
         checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS, checkpoint_score_attribute="val_miou",
                                                 checkpoint_score_order="max"),
         failure_config=tune.FailureConfig(max_failures=MAX_FAILURES if settings.runner == "tune" else 0),
@@ -51,11 +61,13 @@ def run_tune(settings: StudySettings, pretrained: dict[str, str], table: TrialTa
     # A trial ended by an error that retrying cannot fix returns without a result (runners.py); Tune's strict
     # check would take that final, metric-less result for a misspelt metric and abort the whole study.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", STATE_SAVE_PERIOD_S)
     fn = trainable(settings, pretrained)
     if settings.resume and tune.Tuner.can_restore(settings.experiment_dir):
+        reconcile_with_storage(settings.experiment_dir)
         # The restored run config (callbacks included) is the one saved when the study started.
         tuner = tune.Tuner.restore(settings.experiment_dir, trainable=fn, resume_unfinished=True, resume_errored=True)
-        return tuner.fit()
+        return check_finished(settings, tuner.fit())
 
     if settings.searcher == "grid":  # the report's grid (or a confirm stage): exactly these points, each seed
         points = settings.grid_points()
@@ -65,12 +77,12 @@ def run_tune(settings: StudySettings, pretrained: dict[str, str], table: TrialTa
         num_samples = len(points)
     else:
         param_space = tune_space(settings.space)
-        search_alg = OptunaSearch(metric="val_miou", mode="max", seed=settings.seed,
-                                  sampler=optuna.samplers.TPESampler(seed=settings.seed),
-                                  points_to_evaluate=settings.points[: settings.num_samples] or None)
+        search_alg = optuna_search(settings, metric="val_miou", mode="max", seed=settings.seed,  # in optuna.db
+                                   sampler=optuna.samplers.TPESampler(seed=settings.seed),
+                                   points_to_evaluate=settings.points[: settings.num_samples] or None)
         num_samples = settings.num_samples
     if settings.scheduler == "asha":
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=settings.epochs, grace_period=settings.grace_period,
+        scheduler = RecordingASHA(time_attr="epoch", max_t=settings.epochs, grace_period=settings.grace_period,
                                   reduction_factor=settings.reduction_factor)
     else:
         scheduler = FIFOScheduler()
@@ -82,22 +94,17 @@ def run_tune(settings: StudySettings, pretrained: dict[str, str], table: TrialTa
                                     trial_dirname_creator=trial_dirname, reuse_actors=settings.runner == "tune"),
         run_config=run_config(settings, table),
     )
-    return tuner.fit()
-
-
-OFFLINE_WANDB_KEY = "offline-runs-need-no-key"
+    return check_finished(settings, tuner.fit())
 
 
 def wandb_callbacks(settings: StudySettings) -> list:
     if not settings.wandb:
         return []
-    from ray.air.integrations.wandb import WandbLoggerCallback
+    from study.orchestrate.wandb_key import SecretWandbCallback, check_key, wandb_mode
 
-    # The key only ever comes from the environment; without one (or with WANDB_MODE=offline), runs are written offline.
-    key = os.environ.get("WANDB_API_KEY")
-    mode = os.environ.get("WANDB_MODE") or ("online" if key else "offline")
-    # Ray's callback demands a key even for offline runs, which never use one: give it a placeholder then.
-    placeholder = OFFLINE_WANDB_KEY if mode == "offline" and not key else None
-    return [WandbLoggerCallback(project="segstudy", group=settings.name, mode=mode, log_config=True,
-                                api_key=placeholder,
+    # The key comes from WANDB_API_KEY or `wandb login` and never reaches a runtime env (wandb_key.py); without
+    # one (or with WANDB_MODE=offline), runs are written offline. No placeholder key: offline runs need none.
+    mode = wandb_mode()
+    check_key(mode)
+    return [SecretWandbCallback(project="segstudy", group=settings.name, mode=mode, log_config=True,
                                 dir=None if storage.is_remote(settings.storage) else settings.experiment_dir)]

@@ -1,0 +1,76 @@
+"""How each trial of a study ended, recorded when it happens (no Ray): ``STORAGE/NAME/fates/<trial_id>.json``.
+
+The summary, the console and the report read this record; none of them infers a trial's fate from how many
+epochs it reached. Who writes what, and when:
+- the driver's Tune callback (``study.orchestrate.tuner.FateRecorder``): ``completed`` or ``ended short``
+  when a trial returns, ``error`` when Tune gives up on it, a failure (the count, and the last error in
+  ``errors/<trial_id>.last-failure.txt``) each time Tune restarts it;
+- the scheduler (``study.orchestrate.tuner.RecordingASHA``): ``stopped early (ASHA)`` at the moment ASHA
+  stops a trial before its last epoch;
+- the study, when it is stopped (SIGINT, SIGTERM): ``interrupted`` for every trial still unfinished; a
+  resumed study overwrites that with how the trial then ends;
+- ``--resume``, for a trial that Tune's saved state does not know (a driver killed between Tune creating it
+  and Tune's next save of its state): ``interrupted`` and ``orphaned``; Tune runs its configuration again as
+  a new trial, and the orphan is no trial of the study (``study.summary.trial_ids`` leaves it out).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from study import storage
+from study.layout import error_file, fate_file, last_failure_file
+
+COMPLETED = "completed"
+STOPPED_BY_ASHA = "stopped early (ASHA)"
+ENDED_SHORT = "ended short"  # returned before its epochs with no scheduler decision and no error
+ERROR = "error"
+INTERRUPTED = "interrupted"
+FINAL = (COMPLETED, STOPPED_BY_ASHA, ENDED_SHORT, ERROR)  # a trial with one of these never trains again
+STATUS = {COMPLETED: "done", STOPPED_BY_ASHA: "done", ENDED_SHORT: "done", ERROR: "error",
+          INTERRUPTED: "interrupted"}  # summary.csv's status for each fate; no record: "running"
+
+
+def read_fate(experiment: str, trial_id: str) -> dict[str, Any]:
+    """A trial's record (empty before anything was recorded for it)."""
+    path = fate_file(experiment, trial_id)
+    try:
+        return json.loads(storage.read_bytes(path))
+    except (OSError, ValueError):  # none yet (FileNotFoundError), or unreadable
+        return {}
+
+
+def fate_of(trial_id: str, *experiments: str) -> dict[str, Any]:
+    """The first record of a trial found in ``experiments`` (e.g. the driver's staging copy, then storage: a
+    driver restored in a new Ray session starts with a staging copy that holds none of the earlier records)."""
+    return next((record for experiment in experiments if (record := read_fate(experiment, trial_id))), {})
+
+
+def record_fate(experiment: str, trial_id: str, fate: str, epoch: int, previous: dict[str, Any] | None = None,
+                **fields: Any) -> dict[str, Any]:
+    """Record how a trial ended at ``epoch``, keeping its failure count (from ``previous``, else the record in
+    ``experiment``). Returns the record."""
+    previous = previous if previous is not None else read_fate(experiment, trial_id)
+    record = {**previous, **fields, "trial_id": trial_id, "fate": fate, "epoch": int(epoch),
+              "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    record.setdefault("failures", 0)
+    storage.write_bytes(fate_file(experiment, trial_id), (json.dumps(record, sort_keys=True) + "\n").encode())
+    return record
+
+
+def record_failure(experiment: str, trial_id: str, error_text: str, previous: dict[str, Any] | None = None) -> int:
+    """A failure Tune retries: count it, keep its error text; the trial's fate stays open. Returns the count."""
+    record = dict(previous if previous is not None else read_fate(experiment, trial_id))
+    failures = int(record.get("failures", 0)) + 1
+    lines = [line.strip() for line in error_text.splitlines() if line.strip()]
+    record.update(trial_id=trial_id, failures=failures, last_failure=lines[-1] if lines else "")
+    storage.write_bytes(last_failure_file(experiment, trial_id), error_text.encode())
+    storage.write_bytes(fate_file(experiment, trial_id), (json.dumps(record, sort_keys=True) + "\n").encode())
+    return failures
+
+
+def has_permanent_error(experiment: str, trial_id: str) -> bool:
+    """The trial recorded an error that retrying cannot fix (``study.trial.record_permanent_error``)."""
+    return storage.is_file(error_file(experiment, trial_id))
