@@ -68,9 +68,10 @@ def reached(moment: str, staging: Path) -> str | None:
     if moment == "creating" and len(trials) >= 2:  # Tune started the second trial; it has reported nothing
         second = trials[1].parent
         return second.name.removeprefix("trial_") if not result_epochs(second / "result.json") else "too late"
-    if moment == "mid-epoch" and len(trials) >= 2:  # the second trial recorded epoch 2 and trains epoch 3
-        second = trials[1].parent
-        return second.name.removeprefix("trial_") if result_epochs(second / "result.json") else None
+    if moment == "mid-epoch":  # a trial recorded epoch 2, has not ended, and trains epoch 3
+        training = [p.parent for p in trials if result_epochs(p.parent / "result.json")
+                    and p.parent.name.removeprefix("trial_") not in ended]
+        return training[0].name.removeprefix("trial_") if training else None
     if moment == "between" and ended:  # the first trial has ended
         return sorted(ended)[0]
     return None
@@ -113,8 +114,9 @@ def run_stop_and_resume(args: list[str], env: dict, experiment: Path, moment: st
     if stopped["graceful_s"] is not None:  # the graceful path: state saved, unfinished trials recorded
         assert stopped["code"] == 130, stopped
         summary = pd.read_csv(experiment / "summary.csv")
-        if moment != "between":
+        if moment != "between":  # the trial that was starting or training at the stop
             assert "interrupted" in set(summary["stop_reason"]), summary
+            assert (experiment / "fates" / f"{target}.json").is_file()
     resumed = subprocess.run([*args, "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=420)
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
     return {"target": target, "stopped": stopped, "before": before, "console": resumed.stdout}

@@ -122,9 +122,10 @@ def check_finished(settings: StudySettings, results: Any) -> Any:
     # Storage has every record by now: Tune synced the staging copy before returning.
     trials = results._experiment_analysis.trials
     unfinished = [t for t in trials if read_fate(settings.experiment_dir, t.trial_id).get("fate") not in FINAL]
-    for trial in unfinished:
-        record_fate(settings.experiment_dir, trial.trial_id, INTERRUPTED,
-                    last_recorded_epoch(settings.experiment_dir, trial.trial_id))
+    for trial in unfinished:  # on storage, and in the staging copy that a resume on this cluster reuses
+        epoch = last_recorded_epoch(settings.experiment_dir, trial.trial_id)
+        for folder in (settings.experiment_dir, staging_dir(trial)):
+            record_fate(folder, trial.trial_id, INTERRUPTED, epoch)
     if unfinished or len(trials) < expected_trials(settings):
         raise StudyInterrupted(f"{len(trials) - len(unfinished)} of {expected_trials(settings)} trials ended, "
                                f"{len(unfinished)} interrupted; Tune saved the study's state: continue it with "
@@ -158,7 +159,8 @@ def reconcile_with_storage(experiment: str) -> list[str]:
     still on this node, fresher than storage (Tune writes it at once and syncs it every few seconds), and
     the restored Tuner reuses it and would upload its stale extras later: its last sync is finished now.
     """
-    for staging in unsynced_staging_copies(experiment):
+    stagings = unsynced_staging_copies(experiment)
+    for staging in stagings:
         log.info("resume: finishing the stopped driver's last sync from %s", staging)
         storage.upload(staging, experiment)
     files = set(storage.list_files(experiment))
@@ -167,9 +169,10 @@ def reconcile_with_storage(experiment: str) -> list[str]:
         return []
     folders = {f.split("/", 1)[0].removeprefix("trial_") for f in files if f.startswith("trial_") and "/" in f}
     orphans = sorted(folders - known)
-    for trial_id in orphans:
-        record_fate(experiment, trial_id, INTERRUPTED, last_recorded_epoch(experiment, trial_id), orphaned=True,
-                    detail="unknown to Tune's saved state after a killed driver; its configuration runs again")
+    for trial_id in orphans:  # also in the staging copies, whose later sync would bring back the old record
+        for folder in (experiment, *map(str, stagings)):
+            record_fate(folder, trial_id, INTERRUPTED, last_recorded_epoch(experiment, trial_id), orphaned=True,
+                        detail="unknown to Tune's saved state after a killed driver; its configuration runs again")
     for trial_id in sorted(known & folders):
         recorded = last_recorded_epoch(experiment, trial_id)
         for folder, metrics in checkpoints(trial_dir(experiment, trial_id), with_weights=False):
