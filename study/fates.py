@@ -2,10 +2,10 @@
 
 The summary, the console and the report read this record; none of them infers a trial's fate from how many
 epochs it reached. Who writes what, and when:
-- the driver's Tune callback (``study.orchestrate.tuner.FateRecorder``): ``completed`` or ``ended short``
+- the driver's Tune callback (``study.orchestrate.stops.FateRecorder``): ``completed`` or ``ended short``
   when a trial returns, ``error`` when Tune gives up on it, a failure (the count, and the last error in
   ``errors/<trial_id>.last-failure.txt``) each time Tune restarts it;
-- the scheduler (``study.orchestrate.tuner.RecordingASHA``): ``stopped early (ASHA)`` at the moment ASHA
+- the scheduler (``study.orchestrate.stops.RecordingASHA``): ``stopped early (ASHA)`` at the moment ASHA
   stops a trial before its last epoch;
 - the study, when it is stopped (SIGINT, SIGTERM): ``interrupted`` for every trial still unfinished; a
   resumed study overwrites that with how the trial then ends;
@@ -28,7 +28,8 @@ STOPPED_BY_ASHA = "stopped early (ASHA)"
 ENDED_SHORT = "ended short"  # returned before its epochs with no scheduler decision and no error
 ERROR = "error"
 INTERRUPTED = "interrupted"
-FINAL = (COMPLETED, STOPPED_BY_ASHA, ENDED_SHORT, ERROR)  # a trial with one of these never trains again
+ENDED = (COMPLETED, STOPPED_BY_ASHA, ENDED_SHORT)  # a trial with one of these never trains again
+FINAL = (*ENDED, ERROR)  # how a run of the study can leave a trial; --resume retries the errored ones
 STATUS = {COMPLETED: "done", STOPPED_BY_ASHA: "done", ENDED_SHORT: "done", ERROR: "error",
           INTERRUPTED: "interrupted"}  # summary.csv's status for each fate; no record: "running"
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -21,6 +20,7 @@ from rich.table import Table
 from study import storage
 from study.fates import COMPLETED, ERROR, STOPPED_BY_ASHA, fate_of
 from study.layout import SUMMARY_FILE, error_file, trial_dir, tune_results
+from study.orchestrate.stops import staging_dir
 from study.settings import StudySettings
 from study.summary import trial_error
 
@@ -72,7 +72,7 @@ class TrialTable(tune.Callback):
         (``study.fates``, by the callback before this one) and every result Tune recorded (the driver's copy,
         which storage receives at Tune's next sync), restored results included."""
         row = self.rows.setdefault(trial.trial_id, {"epoch": 0, "best": None})
-        staging, experiment = str(Path(trial.local_path).parent), self.settings.experiment_dir
+        staging, experiment = staging_dir(trial), self.settings.experiment_dir
         fate = fate_of(trial.trial_id, staging, experiment).get("fate", "")
         error = trial_error(self.settings.experiment_dir, trial.trial_id) or trial_error(staging, trial.trial_id)
         if fate == ERROR:

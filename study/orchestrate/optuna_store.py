@@ -45,6 +45,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from study import storage
 from study.layout import CONFIRM_DIR, STUDY_FILE, tune_results
+from study.orchestrate.stops import staging_dir
 from study.settings import StudySettings
 
 log = logging.getLogger(__name__)
@@ -308,7 +309,7 @@ class GridRecorder(StudyMirror):
         """{epoch: val mIoU} of every result Tune recorded for ``trial``: on storage (which has the results from
         before a resume), then in the driver's copy (newer; after a resume, only the results since)."""
         found: dict[int, float] = {}
-        for folder in (self.experiment_dir, str(Path(trial.local_path).parent)):
+        for folder in (self.experiment_dir, staging_dir(trial)):
             found.update({int(r["epoch"]): float(r[METRIC]) for r in tune_results(folder, trial.trial_id)
                           if _finite(r.get(METRIC)) and "epoch" in r})
         return dict(sorted(found.items()))

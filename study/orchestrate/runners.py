@@ -33,7 +33,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from study import storage
 from study.config import TrainConfig
-from study.fates import FINAL, read_fate
+from study.fates import ENDED, read_fate
 from study.layout import TRAIN_RUNS, best_checkpoint, checkpoints, recorded_checkpoint, train_run_name
 from study.loop import ValidationEvent, train
 from study.trial import (
@@ -79,9 +79,9 @@ def _ended_already(experiment_dir: str, trial_id: str) -> bool:
     """A trial that Tune restores as running after a killed driver, but whose end was recorded (ASHA stopped
     it, or it completed, after Tune's last save of its state): it ends at once instead of training on."""
     fate = read_fate(experiment_dir, trial_id).get("fate")
-    if fate in FINAL:
+    if fate in ENDED:
         log.info("trial %s: recorded as %s already; not training it again", trial_id, fate)
-    return fate in FINAL
+    return fate in ENDED
 
 
 def _free_device_memory() -> None:

@@ -25,6 +25,7 @@ from study import storage
 from study.errors import StudyInterrupted
 from study.fates import (
     COMPLETED,
+    ENDED,
     ENDED_SHORT,
     ERROR,
     FINAL,
@@ -83,7 +84,7 @@ class FateRecorder(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
         staging, previous = staging_dir(trial), self.previous(trial)
-        if previous.get("fate") in FINAL:  # ASHA's stop, or an end recorded before a killed driver's last save
+        if previous.get("fate") in ENDED:  # ASHA's stop, or an end recorded before a killed driver's last save
             return
         epoch = max(last_recorded_epoch(staging, trial.trial_id), last_recorded_epoch(self.experiment_dir,
                                                                                      trial.trial_id))
