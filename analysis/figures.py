@@ -204,13 +204,19 @@ def asha_stops(table: pd.DataFrame, max_epochs: int, rungs: list[int], stem: Pat
     table = table.sort_values("trial_id").reset_index(drop=True)
     colours = [STRATEGY_COLOURS.get(s, "grey") for s in table["strategy"]]
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(table) + 1.5))
-    labels = [f"{t} {MODEL_LABEL.get(m, m)} {s}"
-              for t, m, s in zip(table["trial_id"], table["model"], table["strategy"], strict=True)]
-    ax.barh(labels, table["epochs"], color=colours)
+    # The recorded fate (study.fates): a trial that neither completed nor was stopped by ASHA says how it ended.
+    other = ~table["stop_reason"].isin(["completed", "stopped early (ASHA)"])
+    labels = [f"{t} {MODEL_LABEL.get(m, m)} {s}" + (f" ({r})" if o else "")
+              for t, m, s, r, o in zip(table["trial_id"], table["model"], table["strategy"], table["stop_reason"],
+                                       other, strict=True)]
+    bars = ax.barh(labels, table["epochs"], color=colours)
+    for bar, hatched in zip(bars, other, strict=True):
+        if hatched:
+            bar.set_hatch("//")
     for rung in rungs:
         ax.axvline(rung, color="black", linestyle=":", linewidth=0.8)
     ax.set_xlim(0, max_epochs + 0.5)
-    ax.set_xlabel("epochs reached (dotted: ASHA rungs)")
+    ax.set_xlabel("epochs reached (dotted: ASHA rungs; hatched: ended otherwise, as labelled)")
     ax.invert_yaxis()
     ax.legend(handles=[Patch(color=c, label=s) for s, c in STRATEGY_COLOURS.items() if s in set(table["strategy"])],
               fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), title="strategy")
