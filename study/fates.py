@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 from study import storage
+from study.io import json_text
 from study.layout import error_file, fate_file, last_failure_file
 
 COMPLETED = "completed"
@@ -57,7 +58,7 @@ def record_fate(experiment: str, trial_id: str, fate: str, epoch: int, previous:
     record = {**previous, **fields, "trial_id": trial_id, "fate": fate, "epoch": int(epoch),
               "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     record.setdefault("failures", 0)
-    storage.write_bytes(fate_file(experiment, trial_id), (json.dumps(record, sort_keys=True) + "\n").encode())
+    _write(experiment, trial_id, record)
     return record
 
 
@@ -68,8 +69,12 @@ def record_failure(experiment: str, trial_id: str, error_text: str, previous: di
     lines = [line.strip() for line in error_text.splitlines() if line.strip()]
     record.update(trial_id=trial_id, failures=failures, last_failure=lines[-1] if lines else "")
     storage.write_bytes(last_failure_file(experiment, trial_id), error_text.encode())
-    storage.write_bytes(fate_file(experiment, trial_id), (json.dumps(record, sort_keys=True) + "\n").encode())
+    _write(experiment, trial_id, record)
     return failures
+
+
+def _write(experiment: str, trial_id: str, record: dict[str, Any]) -> None:
+    storage.write_bytes(fate_file(experiment, trial_id), json_text(record).encode())
 
 
 def has_permanent_error(experiment: str, trial_id: str) -> bool:

@@ -74,8 +74,8 @@ class TrialTable(tune.Callback):
         row = self.rows.setdefault(trial.trial_id, {"epoch": 0, "best": None})
         staging, experiment = staging_dir(trial), self.settings.experiment_dir
         fate = fate_of(trial.trial_id, staging, experiment).get("fate", "")
-        error = trial_error(self.settings.experiment_dir, trial.trial_id) or trial_error(staging, trial.trial_id)
         if fate == ERROR:
+            error = trial_error(experiment, trial.trial_id) or trial_error(staging, trial.trial_id)
             row["status"] = "error"
             self.announce(f"trial {trial.trial_id} error: {error} (details: "
                           f"{storage.display(error_file(self.settings.experiment_dir, trial.trial_id))}, "
