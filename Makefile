@@ -8,8 +8,8 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e '.[dev]'
+	$(PY) -m pip install --no-cache-dir --upgrade pip
+	$(PY) -m pip install --no-cache-dir -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -4,6 +4,18 @@ The report draws its conclusions from one run per configuration; with ``study.ru
 configuration has N seeds, and each claim below becomes a test of "is the difference larger than the
 spread between seeds?".
 
+The claims are derived from what the study ran (``derive_claims``), so any models can be compared:
+- for each model that ran both: fine-tune beats scratch (test mIoU, and val mIoU at the first validation);
+- for each model that ran both: freezing the encoder is worse than fine-tuning (test mIoU);
+- for each model and init run at exactly two learning rates, nothing else differing (``analysis.load``'s
+  '<init> lr/k' strategy): the lower is equivalent to the higher (test mIoU, TOST with the margin);
+- for each pair of models with a fine-tuned run: the first's validation curve is less unstable than the
+  second's (the report's claim 5, on their best fine-tuned configurations, as Fig 10 compares them); with
+  ``compare_best``, also each pair's best configurations against each other on test mIoU.
+Claims are numbered as the report numbered its five: fine-tune against scratch one number per model, then
+one number per kind. For the report preset's grid (FCN ResNet-50, SegFormer) that gives exactly the report's
+claims, texts and order, so its rows and numbers are those of the five claims tested by name before.
+
 What is compared, and why:
 - **Choose on val, test on test.** A strategy's group is the seeds of its best configuration, chosen by mean
   best val mIoU among the trials that completed their epochs (``analysis.load.best_configuration_trials``).
@@ -28,7 +40,8 @@ Tests, and why:
   scratch run's); it does assume roughly normal per-seed scores. Its 95 % CI of the difference is given.
 - **Equivalence** (claim 4) is a TOST: two one-sided Welch tests against -margin and +margin; its p is the
   larger of the two, and its interval the 90 % CI (the one that matches a TOST at the 5 % level).
-- **Holm's correction** over every row that is tested (n >= 3 in both groups): the claims are one family.
+- **Holm's correction** over every row that is tested (n >= 3 in both groups): the claims are one family,
+  however many models make them.
 - A verdict needs at least 3 seeds in each group: fewer is ``inconclusive (n=a/b)``, never a guess.
 - **Bands** on the curves: a percentile bootstrap of the mean over seeds (``scipy.stats.bootstrap``,
   seeded). With 3 seeds it can only resample three values, so the band shows the spread between seeds
@@ -37,6 +50,8 @@ Tests, and why:
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -44,15 +59,16 @@ import numpy as np
 import pandas as pd
 import scipy.stats
 
-from analysis.load import MODEL_LABEL, best_configuration_trials, completed
+from analysis.load import INIT_VERB, LOWER_LR, best_configuration_trials, completed, model_label, trial_table
 from study.config import EQUIVALENCE_MARGIN
 
 ALPHA = 0.05
 MIN_SEEDS = 3  # per group, for a verdict
 DEFAULT_MARGIN = EQUIVALENCE_MARGIN  # mIoU; --equivalence-margin
 NO_SPREAD = 1e-9  # values closer than this are the same number (t-tests on them are rounding noise)
-FINDINGS_COLUMNS = ("claim", "metric", "group_a", "group_b", "n_a", "n_b", "mean_a", "mean_b", "diff", "ci_low",
-                    "ci_high", "p_value", "p_holm", "verdict")
+FINDINGS_COLUMNS = ("claim", "metric", "group_a", "group_b", "hypothesis", "n_a", "n_b", "mean_a", "mean_b", "diff",
+                    "ci_low", "ci_high", "p_value", "p_holm", "verdict")
+EQUIVALENT = "|a - b| < margin"  # the hypothesis column of an equivalence claim; the others: a > b, a < b
 SCORES = {  # metric -> what it means, in words
     "test_miou": "test mIoU of the best-by-val checkpoint",
     "best_val_miou": "best val mIoU",
@@ -63,8 +79,8 @@ SCORES = {  # metric -> what it means, in words
 
 @dataclass(frozen=True)
 class Claim:
-    """One of the report's claims: group a against group b on ``metric``. ``direction`` is the sign the
-    report says ``mean_a - mean_b`` has; ``equivalent`` claims the two are within the margin instead."""
+    """One claim: group a against group b on ``metric``. ``direction`` is the sign the claim says
+    ``mean_a - mean_b`` has; ``equivalent`` claims the two are within the margin instead."""
 
     text: str
     metric: str
@@ -73,23 +89,60 @@ class Claim:
     direction: int = 1
     equivalent: bool = False
 
+    @property
+    def hypothesis(self) -> str:
+        """What the claim says of the two groups, as findings.csv's ``hypothesis`` column writes it."""
+        return EQUIVALENT if self.equivalent else ("a > b" if self.direction > 0 else "a < b")
 
-FCN, SEGFORMER = "fcn_resnet50", "segformer"
-CLAIMS = (
-    Claim("1. FCN ResNet-50: fine-tune beats scratch", "test_miou", (FCN, "fine-tune"), (FCN, "scratch")),
-    Claim("1. FCN ResNet-50: fine-tune beats scratch", "first_val_miou", (FCN, "fine-tune"), (FCN, "scratch")),
-    Claim("2. SegFormer: fine-tune beats scratch", "test_miou", (SEGFORMER, "fine-tune"), (SEGFORMER, "scratch")),
-    Claim("2. SegFormer: fine-tune beats scratch", "first_val_miou", (SEGFORMER, "fine-tune"),
-          (SEGFORMER, "scratch")),
-    Claim("3. FCN ResNet-50: freezing the encoder is worse than fine-tuning", "test_miou", (FCN, "fine-tune"),
-          (FCN, "freeze")),
-    Claim("3. SegFormer: freezing the encoder is worse than fine-tuning", "test_miou", (SEGFORMER, "fine-tune"),
-          (SEGFORMER, "freeze")),
-    Claim("4. SegFormer: fine-tuning at lr/2 is equivalent to lr", "test_miou", (SEGFORMER, "fine-tune lr/2"),
-          (SEGFORMER, "fine-tune"), equivalent=True),
-    Claim("5. FCN's validation curve fluctuates less than SegFormer's", "val_miou_instability", (FCN, "fine-tune"),
-          (SEGFORMER, "fine-tune"), direction=-1),
-)
+
+def derive_claims(df: pd.DataFrame, compare_best: bool = False) -> tuple[Claim, ...]:
+    """The claims a study's history (``analysis.load``) can be asked, from the (model, strategy) groups it ran,
+    whatever their status (a group with no completed trial gets its row, which says so). ``compare_best``: also
+    each pair of models' best configurations on test mIoU, the one better on val as group a (see module)."""
+    ran = set(zip(df["model"], df["strategy"], strict=True))
+    models = sorted({m for m, _ in ran if isinstance(m, str)})
+    number = itertools.count(1)
+    claims: list[Claim] = []
+    for model in models:  # the report's claims 1 and 2: one number per model
+        if {(model, "fine-tune"), (model, "scratch")} <= ran:
+            text = f"{next(number)}. {model_label(model)}: fine-tune beats scratch"
+            claims += [Claim(text, metric, (model, "fine-tune"), (model, "scratch"))
+                       for metric in ("test_miou", "first_val_miou")]
+    frozen = [Claim(f"{model_label(m)}: freezing the encoder is worse than fine-tuning", "test_miou",
+                    (m, "fine-tune"), (m, "freeze")) for m in models if {(m, "fine-tune"), (m, "freeze")} <= ran]
+    rates = []
+    for model, strategy in sorted(g for g in ran if LOWER_LR in str(g[1])):
+        base, k = strategy.rsplit(LOWER_LR, 1)
+        if (model, base) in ran:
+            rates.append(Claim(f"{model_label(model)}: {INIT_VERB.get(base, base)} at lr/{k} is equivalent to lr",
+                               "test_miou", (model, strategy), (model, base), equivalent=True))
+    tuned = [m for m in models if (m, "fine-tune") in ran]
+    curves = [Claim(f"{model_label(a, short=True)}'s validation curve fluctuates less than "
+                    f"{model_label(b, short=True)}'s", "val_miou_instability", (a, "fine-tune"), (b, "fine-tune"),
+                    direction=-1) for a, b in itertools.combinations(tuned, 2)]
+    best = _best_against_best(df, models) if compare_best else []
+    for kind in (frozen, rates, curves, best):  # the report's claims 3, 4 and 5: one number per kind
+        if kind:
+            n = next(number)
+            claims += [dataclasses.replace(claim, text=f"{n}. {claim.text}") for claim in kind]
+    return tuple(claims)
+
+
+def _best_against_best(df: pd.DataFrame, models: list[str]) -> list[Claim]:
+    """Each pair of models' best strategies (the highest mean best val mIoU of their chosen configurations,
+    completed trials only) on test mIoU: the val winner is group a, so the claim is that it also wins on test."""
+    best = {}
+    for model in models:
+        scores = trial_table(completed(df[df["model"] == model])).set_index("trial_id")["best_val_miou"]
+        means = {s: scores.reindex(ids).mean() for s, ids in best_configuration_trials(df, model).items()}
+        if means:
+            best[model] = max(means.items(), key=lambda item: item[1])
+    claims = []
+    for a, b in itertools.combinations(sorted(best), 2):
+        a, b = (b, a) if best[b][1] > best[a][1] else (a, b)
+        claims.append(Claim(f"{model_label(a)}'s best configuration beats {model_label(b)}'s", "test_miou",
+                            (a, best[a][0]), (b, best[b][0])))
+    return claims
 
 
 def instability(curve: np.ndarray) -> float:
@@ -162,13 +215,15 @@ def verdict(claim: Claim, n_a: int, n_b: int, diff: float, p_holm: float) -> str
 
 def group_label(group: tuple[str, str]) -> str:
     model, strategy = group
-    return f"{MODEL_LABEL.get(model, model)} {strategy}"
+    return f"{model_label(model)} {strategy}"
 
 
-def findings(df: pd.DataFrame, margin: float = DEFAULT_MARGIN, claims: tuple[Claim, ...] = CLAIMS,
+def findings(df: pd.DataFrame, margin: float = DEFAULT_MARGIN, claims: tuple[Claim, ...] | None = None,
              test_miou: pd.Series | None = None) -> pd.DataFrame:
-    """One row per claim and metric (``FINDINGS_COLUMNS``) from a study's history (``analysis.load``) and the
-    test mIoU of the chosen configurations' seeds (``test_miou``: trial id -> value; ``analysis.report``)."""
+    """One row per claim and metric (``FINDINGS_COLUMNS``; ``claims`` default: ``derive_claims(df)``) from a
+    study's history (``analysis.load``) and the test mIoU of the chosen configurations' seeds (``test_miou``:
+    trial id -> value; ``analysis.report``)."""
+    claims = derive_claims(df) if claims is None else claims
     scores = trial_scores(df, test_miou)
     configurations = {model: best_configuration_trials(df, model) for model in set(df["model"].dropna())}
     rows = []
@@ -178,8 +233,9 @@ def findings(df: pd.DataFrame, margin: float = DEFAULT_MARGIN, claims: tuple[Cla
         p, low, high = compare(a, b, claim.equivalent, margin)
         mean_a, mean_b = (float(v.mean()) if len(v) else math.nan for v in (a, b))
         rows.append({"claim": claim.text, "metric": claim.metric, "group_a": group_label(claim.a),
-                     "group_b": group_label(claim.b), "n_a": len(a), "n_b": len(b), "mean_a": mean_a,
-                     "mean_b": mean_b, "diff": mean_a - mean_b, "ci_low": low, "ci_high": high, "p_value": p})
+                     "group_b": group_label(claim.b), "hypothesis": claim.hypothesis, "n_a": len(a), "n_b": len(b),
+                     "mean_a": mean_a, "mean_b": mean_b, "diff": mean_a - mean_b, "ci_low": low, "ci_high": high,
+                     "p_value": p})
     table = pd.DataFrame(rows, columns=FINDINGS_COLUMNS[:-2])
     eligible = (table["n_a"] >= MIN_SEEDS) & (table["n_b"] >= MIN_SEEDS)
     table["p_holm"] = holm(table["p_value"].where(eligible))
@@ -188,8 +244,9 @@ def findings(df: pd.DataFrame, margin: float = DEFAULT_MARGIN, claims: tuple[Cla
     return table
 
 
-def describe(row: pd.Series, claim: Claim, margin: float = DEFAULT_MARGIN) -> str:
-    """One plain sentence on what the data shows for a findings row (of ``claim``)."""
+def describe(row: pd.Series, margin: float = DEFAULT_MARGIN) -> str:
+    """One plain sentence on what the data shows for a findings row (its ``hypothesis`` says what is claimed)."""
+    equivalent, direction = row["hypothesis"] == EQUIVALENT, -1 if row["hypothesis"] == "a < b" else 1
     metric = SCORES.get(row["metric"], row["metric"])
     if row["n_a"] == 0 or row["n_b"] == 0:
         missing = row["group_a"] if row["n_a"] == 0 else row["group_b"]
@@ -198,7 +255,7 @@ def describe(row: pd.Series, claim: Claim, margin: float = DEFAULT_MARGIN) -> st
              f"({metric}, n={row['n_a']}/{row['n_b']} seeds; difference {row['diff']:+.3f}")
     if math.isnan(row["p_value"]):
         return means + f"): too few seeds to test; a verdict needs at least {MIN_SEEDS} per group."
-    level = "90 %" if claim.equivalent else "95 %"
+    level = "90 %" if equivalent else "95 %"
     interval = f", {level} CI [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}], p = {row['p_value']:.3g}"
     if math.isnan(row["p_holm"]):
         return means + interval + f"): too few seeds for a verdict (at least {MIN_SEEDS} per group)."
@@ -213,7 +270,7 @@ def describe(row: pd.Series, claim: Claim, margin: float = DEFAULT_MARGIN) -> st
             return means + interval + f": the interval lies inside ±{margin:g} mIoU, so on its own the test shows " \
                 "the two equivalent, but not after Holm's correction across the claims tested."
         return means + interval + f": the data cannot show the two are within ±{margin:g} mIoU of each other."
-    leaning = "in the report's direction" if np.sign(row["diff"]) == claim.direction else "against the report"
+    leaning = "in the claim's direction" if np.sign(row["diff"]) == direction else "against the claim"
     if row["verdict"] in ("holds", "reversed"):
         return means + interval + f": the difference is larger than the spread between seeds, {leaning}."
     if row["p_value"] < ALPHA:

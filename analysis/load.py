@@ -1,14 +1,15 @@
 """Read a study (or a single ``study.run_trial`` run) from disk into pandas. No Ray needed.
 
 ``load_experiment(STORAGE/NAME)`` gives one row per trial per validation (of the confirm stage, when a
-search has one) with the trial's configuration (model, init, lr, gamma, seed), its strategy label and its status:
-``study.summary``'s table (the one summary.csv is written from) plus the strategy. It reads
-the files Ray Tune writes, so it also works while the study is still running.
+search has one) with the trial's configuration (model, init, lr, gamma, seed), its strategy label, its status and
+its model's cost (``study.summary.add_cost``): ``study.summary``'s table (the one summary.csv is written from) plus
+the strategy. It reads the files Ray Tune writes, so it also works while the study is still running.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -16,18 +17,52 @@ import pandas as pd
 from study import storage
 from study.errors import DataError
 from study.layout import CHECKPOINT_FILE, STUDY_FILE, best_trial_checkpoint
-from study.summary import HYPERPARAMETERS, load_history, results_experiment, summary_table, trial_ids
+from study.summary import HYPERPARAMETERS, add_cost, load_history, results_experiment, summary_table, trial_ids
 
 STRATEGY_ORDER = ("scratch", "fine-tune", "fine-tune lr/2", "freeze")
 STRATEGY_COLOURS = {"scratch": "tab:orange", "fine-tune": "tab:blue", "fine-tune lr/2": "tab:green",
                     "freeze": "tab:red"}
 INIT_LABEL = {"scratch": "scratch", "finetune": "fine-tune", "freeze": "freeze"}
 MODEL_LABEL = {"fcn_resnet50": "FCN ResNet-50", "segformer": "SegFormer"}
+MODEL_SHORT_LABEL = {"fcn_resnet50": "FCN"}  # where the report's claims name a model briefly
+MODEL_COLOURS = {"fcn_resnet50": "tab:blue", "segformer": "tab:purple"}
+OTHER_MODEL_COLOURS = ("tab:brown", "tab:olive", "tab:cyan", "tab:pink", "tab:gray", "gold", "navy", "teal")
+INIT_VERB = {"scratch": "training from scratch", "fine-tune": "fine-tuning",
+             "freeze": "training with the encoder frozen"}
+LOWER_LR = " lr/"  # a strategy label "fine-tune lr/2": the lower of the two learning rates its model and init ran
+
+
+def model_label(name: str, short: bool = False) -> str:
+    """A readable name for a model: the report's own for the two it knew, the builder's name of a ``tv:``
+    model, the last path component of an ``hf:`` folder or the Hub id of an ``hf:`` Hub model."""
+    if short and name in MODEL_SHORT_LABEL:
+        return MODEL_SHORT_LABEL[name]
+    if name in MODEL_LABEL:
+        return MODEL_LABEL[name]
+    family, _, rest = name.partition(":")
+    if family == "tv" and rest:
+        return rest
+    if family == "hf" and rest:
+        local = rest.startswith(("/", ".", "~")) or rest.count("/") != 1  # a Hub id is owner/name
+        return rest.rstrip("/").rsplit("/", 1)[-1] if local else rest
+    return name
+
+
+def model_colours(models: Iterable[str]) -> dict[str, str]:
+    """label -> colour, one per model: fixed for the report's two, the others in the order given."""
+    models = list(models)
+    others = iter(OTHER_MODEL_COLOURS * (1 + len(models) // len(OTHER_MODEL_COLOURS)))
+    return {model_label(m): MODEL_COLOURS.get(m) or next(others) for m in models}
 
 
 def study_settings(experiment: str | Path) -> dict:
-    path = Path(experiment) / STUDY_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    """A study's ``study.json``; for a ``study.run_trial`` run folder, its ``config.json`` (the same task fields:
+    dataset, data_root, classes, ...)."""
+    for name in (STUDY_FILE, "config.json"):
+        path = Path(experiment) / name
+        if path.is_file():
+            return json.loads(path.read_text())
+    return {}
 
 
 def load_experiment(experiment: str | Path) -> pd.DataFrame:
@@ -40,7 +75,7 @@ def load_experiment(experiment: str | Path) -> pd.DataFrame:
         raise DataError(f"--experiment {experiment}: no Ray Tune trials (trial_*/params.json) or "
                         "study.run_trial run there")
     settings = study_settings(experiment)
-    df = load_history(results, default_seed=settings.get("seed", 0))
+    df = add_cost(load_history(results, default_seed=settings.get("seed", 0)), settings)
     df["strategy"] = strategy_labels(df)
     return df
 
@@ -57,18 +92,23 @@ def load_train_run(folder: str | Path) -> pd.DataFrame:
     df["epochs_reached"] = int(df["epoch"].max()) if len(df) else 0
     df["best_checkpoint"] = str(folder / "best.pt") if (folder / "best.pt").is_file() else ""
     df["status"], df["stopped_early"], df["error"] = "done", False, ""
+    df = add_cost(df, config)
     df["strategy"] = strategy_labels(df)
     return df
 
 
 def strategy_labels(df: pd.DataFrame) -> pd.Series:
-    """scratch / fine-tune / freeze from init; a fine-tune at half its model's largest fine-tune lr is
-    'fine-tune lr/2'."""
+    """scratch / fine-tune / freeze from init. Where a model ran one init at exactly two learning rates and
+    nothing else differed (the report's SegFormer fine-tune at lr and lr/2), the lower is '<init> lr/k', k their
+    ratio: the claims' equivalence test. A search's configurations differ in more than lr, so they never are."""
     labels = df["init"].map(INIT_LABEL).fillna(df["init"])
-    for model, group in df[df["init"] == "finetune"].groupby("model"):
+    others = [c for c in HYPERPARAMETERS if c not in ("model", "init", "lr") and c in df.columns]
+    for (model, init), group in df.groupby(["model", "init"]):
         lrs = sorted(set(group["lr"]))
-        if len(lrs) == 2 and abs(lrs[0] * 2 - lrs[1]) < 1e-12:
-            labels[(df["model"] == model) & (df["init"] == "finetune") & (df["lr"] == lrs[0])] = "fine-tune lr/2"
+        if len(lrs) == 2 and all(group[c].nunique(dropna=False) == 1 for c in others):
+            k = "2" if abs(lrs[0] * 2 - lrs[1]) < 1e-12 else f"{lrs[1] / lrs[0]:.3g}"
+            lower = (df["model"] == model) & (df["init"] == init) & (df["lr"] == lrs[0])
+            labels[lower] = f"{INIT_LABEL.get(init, init)}{LOWER_LR}{k}"
     return labels
 
 

@@ -21,31 +21,41 @@ import numpy as np
 import pandas as pd
 
 from analysis import figures as fig
-from analysis.findings import CLAIMS, DEFAULT_MARGIN, MIN_SEEDS, describe, findings, mean_ci
+from analysis.findings import DEFAULT_MARGIN, MIN_SEEDS, describe, findings, mean_ci
 from analysis.load import (
-    MODEL_LABEL,
     best_configuration_trials,
     completed,
     load_experiment,
     mirror_experiment,
+    model_colours,
+    model_label,
     study_settings,
     trial_table,
 )
-from analysis.score import score_checkpoint
+from analysis.score import per_class_frame, score_checkpoint
 from study import storage
 from study.cli import OneLineParser, main_guard
 from study.config import DEVICES
-from study.data import build_dataset
+from study.data import Labels, build_dataset
 from study.data.transforms import denormalize, normalize
 from study.errors import ConfigError, DataError
 from study.io import atomic_write_text, write_json
+from study.layout import model_slug
 from study.summary import HYPERPARAMETERS, results_experiment
+from study.task import load_task
 
 log = logging.getLogger(__name__)
 
 SAMPLE_SIZES = {"pets": "128", "cityscapes": "128x256"}
 FINDINGS_FILE = "findings.csv"
+PER_CLASS_FILE = "per_class_iou.csv"
 TEST_SUMMARY_COLUMNS = ("model", "strategy", "lr", "gamma", "seeds", "test_miou_mean", "ci_low", "ci_high")
+
+
+def _lr_suffix(strategy: str) -> str:
+    """The test-figure folder's mark of a lower learning rate: ``_lr_half`` for ``lr/2`` (as before), else the ratio."""
+    ratio = strategy.rpartition("lr/")[2] if "lr/" in strategy else ""
+    return "" if not ratio else "_lr_half" if ratio == "2" else f"_lr_div_{model_slug(ratio)}"
 
 
 def _runs(groups) -> str:
@@ -93,9 +103,12 @@ def _write_report(experiment: Path, data_root: str | Path | None, out: Path, cac
     figures: list[tuple[Path, str]] = []
     notes: list[str] = []
 
-    for name in ("pets", "cityscapes"):  # Figs 1-2
+    task_labels = Labels(tuple(settings["classes"]) if settings.get("classes") else None,  # as study.json has them
+                         settings.get("ignore_index", 255), settings.get("reduce_zero_label"))
+    for name in dict.fromkeys((dataset, "cityscapes")):  # Figs 1-2: the study's task, and the encoders' pretraining
         try:
-            data = build_dataset(name, "train", data_root, SAMPLE_SIZES[name], cache_dir=cache_dir)
+            data = build_dataset(name, "train", data_root, SAMPLE_SIZES.get(name, "128"), cache_dir=cache_dir,
+                                 labels=task_labels if name == dataset else Labels())
         except DataError as exc:
             notes.append(f"No {name} samples: {exc}")
             continue
@@ -103,42 +116,47 @@ def _write_report(experiment: Path, data_root: str | Path | None, out: Path, cac
         images = (denormalize(normalize(data.images[pick])).permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)
         figures.append((fig.dataset_samples(images, data.masks[pick].numpy(), [data.files[i] for i in pick],
                                             data.class_names, f"4 random {name} training images and labels",
-                                            out / f"samples_{name}"),
+                                            out / f"samples_{name}", getattr(data, "palette", None),
+                                            data.ignore_index),
                         f"Four random {name} training images beside their label masks."))
 
     configurations = {model: chosen for model in sorted(set(df["model"].dropna()))
                       if (chosen := best_configuration_trials(df, model))}
     for (model, strategy), _ in table.groupby(["model", "strategy"]):
         if strategy not in configurations.get(model, {}):
-            notes.append(f"{MODEL_LABEL.get(model, model)} {strategy}: no trial completed its epochs, so it has no "
+            notes.append(f"{model_label(model)} {strategy}: no trial completed its epochs, so it has no "
                          "curve, test evaluation or finding.")
     for model, chosen in configurations.items():  # Figs 4-5: the best configuration of each strategy
         ids = [trial_id for trial_ids in chosen.values() for trial_id in trial_ids]
         figures.append((fig.training_curves(df[df["trial_id"].isin(ids)],
-                                            f"{MODEL_LABEL.get(model, model)}: training metrics per strategy",
+                                            f"{model_label(model)}: training metrics per strategy",
                                             out / f"curves_{model}"),
-                        f"{MODEL_LABEL.get(model, model)}: loss and mIoU per epoch for the best configuration of "
+                        f"{model_label(model)}: loss and mIoU per epoch for the best configuration of "
                         f"each strategy ({_runs(chosen.values())})."))
 
-    best_tuned = {m: configurations.get(m, {}).get("fine-tune") for m in ("fcn_resnet50", "segformer")}
-    if all(best_tuned.values()):  # Fig 10
+    best_tuned = {m: chosen["fine-tune"] for m, chosen in configurations.items() if "fine-tune" in chosen}
+    if len(best_tuned) >= 2:  # Fig 10: every model's best fine-tuned configuration
         ids = [trial_id for trial_ids in best_tuned.values() for trial_id in trial_ids]
-        part = df[df["trial_id"].isin(ids)].assign(model_label=lambda d: d["model"].map(MODEL_LABEL))
-        figures.append((fig.training_curves(part, "Best fine-tuned FCN ResNet-50 against best fine-tuned SegFormer",
-                                            out / "best_models_comparison", label_column="model_label",
-                                            colours={"FCN ResNet-50": "tab:blue", "SegFormer": "tab:purple"}),
-                        f"The best fine-tuned FCN ResNet-50 and SegFormer configurations on the same four panels "
-                        f"({_runs(best_tuned.values())})."))
+        part = df[df["trial_id"].isin(ids)].assign(model_label=lambda d: d["model"].map(model_label))
+        names = [model_label(m) for m in best_tuned]
+        title = (f"Best fine-tuned {names[0]} against best fine-tuned {names[1]}" if len(names) == 2
+                 else "Best fine-tuned configuration of each model")
+        figures.append((fig.training_curves(part, title, out / "best_models_comparison", label_column="model_label",
+                                            colours=model_colours(best_tuned)),
+                        f"The best fine-tuned {', '.join(names[:-1])} and {names[-1]} configurations on the same four "
+                        f"panels ({_runs(best_tuned.values())})."))
     else:
-        notes.append("No comparison of fine-tuned models: the study has no fine-tuned trial for one of the models.")
+        notes.append("No comparison of fine-tuned models: fewer than two models have a fine-tuned trial that "
+                     "completed its epochs.")
 
     table["test_miou"] = math.nan  # Figs 6-9: each seed of each strategy's best configuration on the test split
     test_rows = []
+    figured: dict[str, dict] = {}  # label -> metrics of the checkpoint whose figures the report shows
     for model, chosen in configurations.items():
         for strategy, trial_ids in chosen.items():
             runs = table[table["trial_id"].isin(trial_ids)]  # ranked by best val mIoU: the first gets figures
-            label = f"{MODEL_LABEL.get(model, model)} {strategy}"
-            stem = out / "test" / (f"{model}_{runs.iloc[0]['init']}" + ("_lr_half" if strategy.endswith("/2") else ""))
+            label = f"{model_label(model)} {strategy}"
+            stem = out / "test" / f"{model_slug(model)}_{runs.iloc[0]['init']}{_lr_suffix(strategy)}"
             for rank, run in enumerate(runs.itertuples()):
                 if not run.best_checkpoint:
                     notes.append(f"No checkpoint for {label} (trial {run.trial_id}): not evaluated.")
@@ -148,12 +166,8 @@ def _write_report(experiment: Path, data_root: str | Path | None, out: Path, cac
                 table.loc[table["trial_id"] == run.trial_id, "test_miou"] = result["miou"]
                 if rank == 0:
                     write_json(stem / "metrics.json", result)
-                    figures += [(stem / "confusion_matrix.png",
-                                 f"{label} (trial {run.trial_id}): row-normalised test confusion matrix."),
-                                (stem / "roc.png",
-                                 f"{label}: one-vs-rest ROC curves on the test split, AUC per class."),
-                                (stem / "predicted_masks.png",
-                                 f"{label}: predicted masks beside image and ground truth.")]
+                    figures += captioned_test_figures(stem, label, run.trial_id, len(result["class_names"]))
+                    figured[label] = result
             evaluated = table.loc[table["trial_id"].isin(trial_ids), "test_miou"].dropna().to_numpy()
             mean, low, high = mean_ci(evaluated)
             test_rows.append({"model": model, "strategy": strategy, "lr": runs.iloc[0]["lr"],
@@ -161,12 +175,19 @@ def _write_report(experiment: Path, data_root: str | Path | None, out: Path, cac
                               "ci_low": low, "ci_high": high})
     test_summary = pd.DataFrame(test_rows, columns=TEST_SUMMARY_COLUMNS)
     test_summary.to_csv(out / "test_summary.csv", index=False)
+    per_class = per_class_table(figured)
+    per_class.to_csv(out / PER_CLASS_FILE, index=False)
     margin = margin if margin is not None else settings.get("equivalence_margin", DEFAULT_MARGIN)
     found = findings(df, margin, test_miou=table.set_index("trial_id")["test_miou"])  # chosen on val, tested on test
     found.to_csv(out / FINDINGS_FILE, index=False)
 
     figures.append((fig.hyperparameter_scatter(table, out / "hyperparameters"),
                     "Learning rate and gamma against best val mIoU, coloured by model and strategy."))
+    if table["flops"].notna().any():
+        figures.append((fig.cost_figure(table, out / "cost"),
+                        "Best val mIoU of every trial against its model's forward GFLOPs per image at the trial's "
+                        "image size (log scale), each model labelled with its parameter count (`summary.csv`'s "
+                        "`params` and `flops`)."))
     confirmed = results_experiment(str(experiment)) != str(experiment)  # the trials are a confirm stage's
     if settings.get("scheduler") == "asha" and not confirmed:
         grace, factor, epochs = settings["grace_period"], settings["reduction_factor"], settings["epochs"]
@@ -185,10 +206,58 @@ def _write_report(experiment: Path, data_root: str | Path | None, out: Path, cac
                                     for p in table["best_checkpoint"]]
     table.to_csv(out / "trials.csv", index=False)
     markdown = render_markdown(storage.display(remote or experiment), settings, table, figures, notes, out,
-                               found, test_summary, margin, confirmed)
+                               found, test_summary, margin, confirmed, per_class)
     atomic_write_text(out / "report.md", markdown)
     log.info("report written to %s", out / "report.md")
     return out / "report.md"
+
+
+def captioned_test_figures(stem: Path, label: str, trial_id: str, classes: int) -> list[tuple[Path, str]]:
+    """The test figures ``analysis.score`` wrote into ``stem``, captioned for ``classes`` classes."""
+    confusion = f"{label} (trial {trial_id}): row-normalised test confusion matrix"
+    if classes > fig.CONFUSION_TOP:
+        confusion += (f" of the (at most) {fig.CONFUSION_TOP} classes with the most test pixels, of {classes}; "
+                      "the rest are summed into one \"other\" row and column")
+    roc = f"{label}: one-vs-rest ROC curves on the test split, AUC per class."
+    if classes > fig.FEW_CLASSES:
+        roc = (f"{label}: one-vs-rest ROC on the test split: the macro and micro averages over the classes in "
+               f"the split (of {classes}) and the {fig.ROC_WORST} classes with the lowest AUC.")
+    shown = [(stem / "confusion_matrix.png", confusion + "."), (stem / "roc.png", roc)]
+    if classes > fig.FEW_CLASSES:  # a few classes read as well from the per-class table
+        shown.append((stem / "per_class_iou.png", f"{label}: test IoU per class, sorted, with each class's share "
+                      "of the labelled test pixels."))
+    masks = f"{label}: predicted masks beside image and ground truth"
+    return shown + [(stem / "predicted_masks.png",
+                     masks + (" (legend: the classes in either mask)." if classes > fig.FEW_CLASSES else "."))]
+
+
+def per_class_table(results: dict[str, dict]) -> pd.DataFrame:
+    """Every class's test pixels, their share, and its IoU under each configuration (``results``: label ->
+    metrics), best test mIoU first; rows sorted by that configuration's IoU (``analysis.score.per_class_frame``)."""
+    if not results:
+        return pd.DataFrame(columns=["class", "pixels", "frequency"])
+    order = sorted(results, key=lambda label: -(results[label]["miou"] or 0.0))
+    table = per_class_frame(results[order[0]]).drop(columns="iou")
+    for label in order:
+        iou = results[label]["per_class_iou"]
+        table[label] = [math.nan if iou[name] is None else iou[name] for name in table["class"]]
+    return table
+
+
+def _per_class_section(per_class: pd.DataFrame) -> list[str]:
+    """Per-class test IoU of every class, in the task's class names."""
+    labels = [c for c in per_class.columns if c not in ("class", "pixels", "frequency")]
+    lines = ["## Per-class test IoU", "",
+             f"Each of the {len(per_class)} classes on the test split: its labelled pixels and their share, and its "
+             "IoU under each configuration's best checkpoint (the seed the figures show), sorted by the IoU of "
+             f"{labels[0]}, the best test mIoU (`{PER_CLASS_FILE}`). A dash: the class is neither in the targets "
+             "nor predicted.", "",
+             "| class | test pixels | share | " + " | ".join(labels) + " |",
+             "| --- | ---: | ---: | " + " | ".join("---:" for _ in labels) + " |"]
+    for row in per_class.itertuples(index=False):
+        ious = " | ".join("—" if math.isnan(v) else f"{v:.3f}" for v in row[3:])
+        lines.append(f"| {row[0]} | {row[1]} | {100 * row[2]:.3g} % | {ious} |")
+    return lines + [""]
 
 
 def hyperparameter_importance(table: pd.DataFrame) -> dict[str, float]:
@@ -240,7 +309,7 @@ def _headline(table: pd.DataFrame) -> str:
         if not math.isnan(mean):
             told.append(f"{name} {mean:.4f}" + (f" [95 % CI {low:.4f}, {high:.4f}]" if not math.isnan(low) else ""))
     seeds = f"mean over {len(runs)} seeds" if len(runs) > 1 else f"one seed, trial `{first['trial_id']}`"
-    return (f"**Best configuration:** {MODEL_LABEL.get(first['model'], first['model'])}, {first['strategy']} "
+    return (f"**Best configuration:** {model_label(first['model'])}, {first['strategy']} "
             f"(init `{first['init']}`, lr {first['lr']:.3g}, gamma {first['gamma']:.4g}), {seeds}: "
             + ", ".join(told) + ".")
 
@@ -248,8 +317,9 @@ def _headline(table: pd.DataFrame) -> str:
 def render_markdown(experiment: str, settings: dict, table: pd.DataFrame, figures: list[tuple[Path, str]],
                     notes: list[str], out: Path, found: pd.DataFrame | None = None,
                     test_summary: pd.DataFrame | None = None, margin: float = DEFAULT_MARGIN,
-                    confirmed: bool = False) -> str:
-    """``confirmed``: the trials are a search's confirm stage (``study.summary.results_experiment``)."""
+                    confirmed: bool = False, per_class: pd.DataFrame | None = None) -> str:
+    """``confirmed``: the trials are a search's confirm stage (``study.summary.results_experiment``);
+    ``per_class``: ``per_class_table``."""
     errored = table[table["status"] == "error"]
     scored = table.dropna(subset=["best_val_miou"])
     seeds = table["seed"].nunique()
@@ -274,6 +344,10 @@ def render_markdown(experiment: str, settings: dict, table: pd.DataFrame, figure
         lines += [_headline(table), ""]
     if found is not None and len(found):
         lines += _findings_section(found, margin, seeds, grid=settings.get("searcher") == "grid")
+    elif found is not None:  # nothing the claims compare ran: say so rather than leave the section out
+        lines += ["## Findings", "", "No claim can be asked of what this study ran: the claims compare a model's "
+                  "fine-tune with its scratch or freeze runs, one init at two learning rates, or two models' "
+                  "fine-tuned runs, and none of these pairs ran (`findings.csv` is empty).", ""]
     if test_summary is not None and len(test_summary):
         same_split = settings.get("dataset") == "cityscapes"  # its official test labels are withheld
         lines += ["## Test mIoU", "", "The best checkpoint of every seed of each strategy's best configuration, on the "
@@ -284,22 +358,24 @@ def render_markdown(experiment: str, settings: dict, table: pd.DataFrame, figure
                   "| model | strategy | lr | seeds | test mIoU | 95 % CI |", "| --- | --- | ---: | ---: | ---: | --- |"]
         for row in test_summary.itertuples():
             ci = "—" if math.isnan(row.ci_low) else f"[{row.ci_low:.4f}, {row.ci_high:.4f}]"
-            lines.append(f"| {MODEL_LABEL.get(row.model, row.model)} | {row.strategy} | {row.lr:.3g} | {row.seeds} | "
+            lines.append(f"| {model_label(row.model)} | {row.strategy} | {row.lr:.3g} | {row.seeds} | "
                          f"{row.test_miou_mean:.4f} | {ci} |")
         lines.append("")
+    if per_class is not None and len(per_class):
+        lines += _per_class_section(per_class)
     lines += ["## Configurations", "",
               "| trial | model | strategy | lr | gamma | seed | epochs | stopped early | best val mIoU | test mIoU |",
               "| --- | --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
     for row in table[table["status"] != "error"].itertuples():
         best_val, test = (("—" if math.isnan(v) else f"{v:.4f}") for v in (row.best_val_miou, row.test_miou))
-        lines.append(f"| {row.trial_id} | {MODEL_LABEL.get(row.model, row.model)} | {row.strategy} | {row.lr:.3g} | "
+        lines.append(f"| {row.trial_id} | {model_label(row.model)} | {row.strategy} | {row.lr:.3g} | "
                      f"{row.gamma:.4g} | {row.seed} | {row.epochs} | "
                      f"{_ended(row)} | {best_val} | {test} |")
     lines += ["", "Test mIoU is given for every seed of each strategy's best configuration.", ""]
     if len(errored):
         lines += ["## Errored trials", "", f"{len(errored)} of {len(table)} trials ended with an error (details: "
                   "`errors/<trial>.txt`, or Tune's `trial_<id>/error.txt`):", ""]
-        lines += [f"- `{row.trial_id}` {MODEL_LABEL.get(row.model, row.model)} {row.strategy} (seed {row.seed}): "
+        lines += [f"- `{row.trial_id}` {model_label(row.model)} {row.strategy} (seed {row.seed}): "
                   f"{row.error}" for row in errored.itertuples()]
         lines.append("")
     lines += ["## Figures", ""]
@@ -315,25 +391,26 @@ def render_markdown(experiment: str, settings: dict, table: pd.DataFrame, figure
 def _findings_section(found: pd.DataFrame, margin: float, seeds: int = 1, grid: bool = False) -> list[str]:
     """The claims with a completed run in both groups (the others are named in one line). ``seeds``: seeds per
     configuration; with one, no claim can be tested, and the section says which command can."""
-    rows = [(claim, row) for claim, (_, row) in zip(CLAIMS, found.iterrows(), strict=True)
-            if row["n_a"] > 0 and row["n_b"] > 0]
+    rows = [row for _, row in found.iterrows() if row["n_a"] > 0 and row["n_b"] > 0]
     lines = ["## Findings", ""]
     if seeds <= 1:
         rerun = ("`--repeats 3` runs each configuration with 3 seeds" if grid else
                  "`--confirm-top K --repeats 3` reruns its K best configurations with 3 seeds each")
-        lines += [f"This study ran one seed per configuration, so it cannot test the original report's claims (a "
-                  f"verdict needs at least {MIN_SEEDS} seeds per group); {rerun}, which can."
+        lines += [f"This study ran one seed per configuration, so it cannot test its claims (a verdict needs at least "
+                  f"{MIN_SEEDS} seeds per group); {rerun}, which can."
                   + (" Below, the single runs' differences, for the claims with a run in both groups." if rows else ""),
                   ""]
     else:
-        lines += ["Each of the original report's claims, tested across seeds (`findings.csv`): Welch's t-test with a "
-                  "Holm correction across the claims; claim 4 is an equivalence test (TOST) with a margin of "
-                  f"±{margin:g} mIoU. A verdict needs at least {MIN_SEEDS} seeds per group; see `analysis/findings.py` "
-                  "for why these tests.", ""]
+        lines += ["The original report's claims, asked of what this study ran (`findings.csv`): for each model, "
+                  "fine-tune against scratch and freezing against fine-tuning; for each model and init run at two "
+                  "learning rates, an equivalence test (TOST) with a margin of "
+                  f"±{margin:g} mIoU; for each pair of models, their fine-tuned validation curves' instability. "
+                  "Welch's t-test, with a Holm correction across every row tested. A verdict needs at least "
+                  f"{MIN_SEEDS} seeds per group; see `analysis/findings.py` for why these tests.", ""]
     if rows:
         lines += ["| claim | metric | A | B | n (A/B) | mean A | mean B | A − B [CI] | p (Holm) | verdict |",
                   "| --- | --- | --- | --- | --- | ---: | ---: | --- | ---: | --- |"]
-        for _, row in rows:
+        for row in rows:
             ci = "" if math.isnan(row["ci_low"]) else f" [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]"
             p = "—" if math.isnan(row["p_holm"]) else f"{row['p_holm']:.3g}"
             lines.append(f"| {row['claim']} | {row['metric']} | {row['group_a']} | {row['group_b']} | "
@@ -341,9 +418,9 @@ def _findings_section(found: pd.DataFrame, margin: float, seeds: int = 1, grid: 
                          f"{row['diff']:+.3f}{ci} | {p} | **{row['verdict']}** |")
         lines.append("")
         if seeds > 1:
-            lines += [f"- **{row['claim']}** ({row['metric']}): {describe(row, claim, margin)}" for claim, row in rows]
+            lines += [f"- **{row['claim']}** ({row['metric']}): {describe(row, margin)}" for row in rows]
             lines.append("")
-    shown = {row["claim"] for _, row in rows}
+    shown = {row["claim"] for row in rows}
     missing = [row["claim"] + (f" ({row['metric']})" if row["claim"] in shown else "") for _, row in found.iterrows()
                if row["n_a"] == 0 or row["n_b"] == 0]
     if missing:
@@ -356,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="python -m analysis.report", description="Write the report's figures and report.md.")
     parser.add_argument("--experiment", required=True, help="STORAGE/NAME of a study (or a study.run_trial run folder)")
     parser.add_argument("--data-root", help="dataset root for the test evaluation (default: the study's)")
+    parser.add_argument("--task", metavar="FILE.yaml",
+                        help="a task file whose root is the data's new place (default: the task the study recorded)")
     parser.add_argument("--out", help="output folder (default: EXPERIMENT/report)")
     parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--cache-dir")
@@ -370,7 +449,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--experiment {storage.display(args.experiment)}: nothing stored there")
     elif not Path(args.experiment).is_dir():
         raise ConfigError(f"--experiment {args.experiment}: not a folder")
-    write_report(args.experiment, args.data_root, args.out, args.cache_dir, args.device, overwrite=args.overwrite,
+    data_root = args.data_root or (load_task(args.task).get("data_root") if args.task else None)
+    write_report(args.experiment, data_root, args.out, args.cache_dir, args.device, overwrite=args.overwrite,
                  margin=args.equivalence_margin)
     return 0
 

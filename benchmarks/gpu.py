@@ -1,4 +1,4 @@
-"""Every GPU measurement of issue 6 in one prepared run (under 4 minutes on one H100/H200).
+"""Every GPU measurement of issues 6 and 21 in one prepared run (about 5 minutes on one H100/H200).
 
     python benchmarks/gpu.py --out benchmarks/results/gpu-<device>.json [--data-root R]
     python benchmarks/gpu.py --device cpu --quick --out /tmp/gpu-dry.json   # the code paths, no GPU, ~1 min
@@ -9,13 +9,23 @@ no Ray and no Optuna. Without ``--data-root`` it writes Pets-like toy data in th
 (``study.data.toy`` scenes, upscaled to the genuine images' 290-510 px sides so that decoding costs
 what it does on real photos). All timings are ratios measured side by side in this one run:
 
-(a) segstudy epoch throughput vs the compute-only bound (same model's forward + backward + AdamW
-    step on random tensors already on the GPU, same batch): target >= 0.8.
+(a) segstudy epoch throughput vs the eager step on resident tensors (same model's eager forward +
+    backward + AdamW step on random tensors already on the GPU, same batch): target >= 0.8. A reference
+    for the data path, not a bound on the step.
 (b) segstudy vs the naive torchvision pipeline (``benchmarks.throughput``): target >= 5.
 (c) bf16 autocast on vs off through ``study.loop.train`` (``benchmarks.precision``): speed, and the val mIoU of a short
     run for two seeds each (the seed-to-seed spread is the noise the difference is judged against).
-(d) N (default 4) single-worker trials at once on one GPU, one process each (what Ray Tune does
-    with ``--gpus-per-trial 0.25``), vs one trial alone: aggregate images/s, target >= 2.5.
+(d) packing: 1, 2, 4 and 8 (``--trials``) single-worker trials at once on one GPU, one process each (what
+    Ray Tune does with ``--gpus-per-trial 0.25``), with the fast step, against one alone: aggregate
+    images/s (target >= 2.5 at 4), the evidence for the default ``--gpus-per-trial``.
+(e) the step's speed options one by one and together (``benchmarks.step_variants``: eager, TF32, fused
+    AdamW, channels_last, bf16, compile, CUDA graphs, all, all + bf16), each with FLOPs per image,
+    TFLOP/s and MFU against the bf16 matmul rate measured at the start (``peak``), and the cold and warm
+    compile time of the fast set with its break-even in steps and epochs.
+(f) the loop itself with the fast set (``--fast``: TF32, fused AdamW, channels_last for FCN, compile
+    with CUDA graphs): images/s against the targets (>= 9,000 for both models at 64x64, batch 64), MFU.
+(g) what the fast set learns: every option off against the fast set through ``study.loop.train``, two
+    seeds each; val mIoU must stay within the seed spread (``benchmarks.precision.compare_speed``).
 Plus a diagnostic: the loop with its per-step train-metric update switched off (that update
 synchronises the GPU with the host every step).
 
@@ -44,13 +54,16 @@ from unittest import mock  # noqa: E402
 
 import torch  # noqa: E402
 
+from benchmarks import step_variants as sv  # noqa: E402
 from benchmarks import throughput as tp  # noqa: E402
-from benchmarks.precision import compare_precision  # noqa: E402
+from benchmarks import yardstick as ys  # noqa: E402
+from benchmarks.precision import compare_precision, compare_speed  # noqa: E402
 from study.trial import build_trial_model, load_splits  # noqa: E402
 
 log = logging.getLogger("benchmarks.gpu")
 
-TARGETS = {"a_segstudy_vs_compute_bound": 0.8, "b_segstudy_vs_naive": 5.0, "d_shared_vs_alone": 2.5}
+TARGETS = {"a_segstudy_vs_eager_resident": 0.8, "b_segstudy_vs_naive": 5.0, "d_shared_vs_alone": 2.5,
+           "f_fast_img_s": 9000.0}
 
 
 # ---------------------------------------------------------------- data
@@ -81,7 +94,8 @@ def _share_worker(rank: int, spec: dict[str, Any], barrier: Any, queue: Any) -> 
 
         base = TrainConfig(dataset="pets", data_root=spec["data_root"], model=spec["model"], epochs=1,
                            batch_size=spec["batch_size"], image_size=spec["image_size"], seed=rank,
-                           device=spec["device"], precision=spec["precision"], cache_dir=spec["cache"])
+                           device=spec["device"], precision=spec["precision"], cache_dir=spec["cache"],
+                           **spec.get("speed", {}))
         train_set, val_set = load_splits(base)
         model = build_trial_model(base, train_set.num_classes)
         train(base, train_set, val_set, model)  # warm-up: CUDA context, cudnn autotuning, allocator
@@ -133,13 +147,47 @@ def run_trials_at_once(n: int, spec: dict[str, Any], timeout_s: float) -> dict[s
             "wall_s_with_startup": round(time.perf_counter() - started, 1)}
 
 
-def sharing(spec: dict[str, Any], trials: int, timeout_s: float) -> dict[str, Any]:
-    alone = run_trials_at_once(1, spec, timeout_s)
-    together = run_trials_at_once(trials, spec, timeout_s)
+def sharing(spec: dict[str, Any], counts: list[int], timeout_s: float) -> dict[str, Any]:
+    """``counts`` trials at once (1 first: the reference); ``shared_vs_alone`` is at 4 trials (or the most run)."""
+    runs = {n: run_trials_at_once(n, spec, timeout_s) for n in sorted(set([1, *counts]))}
     out: dict[str, Any] = {"model": spec["model"], "epochs_timed": spec["epochs"], "threads_per_trial": spec["threads"],
-                           "alone": alone, "together": together}
-    if "error" not in alone and "error" not in together:
-        out["shared_vs_alone"] = round(together["aggregate_img_s"] / alone["aggregate_img_s"], 3)
+                           "speed": spec.get("speed", {}), "runs": {str(n): r for n, r in runs.items()}}
+    alone = runs[1]
+    if "error" not in alone:
+        out["vs_alone"] = {str(n): round(r["aggregate_img_s"] / alone["aggregate_img_s"], 3)
+                           for n, r in runs.items() if "error" not in r}
+        key = "4" if "4" in out["vs_alone"] else max(out["vs_alone"], key=int)
+        out["shared_vs_alone"], out["shared_trials"] = out["vs_alone"][key], int(key)
+    return out
+
+
+# ---------------------------------------------------------------- (e) the step's speed options
+def step_options(model: str, device: str, batch_size: int, image_size: Any, steps: int, variants: list[str],
+                 peak: dict[str, Any], compile_cost_of: str | None) -> dict[str, Any]:
+    """``benchmarks.step_variants`` in this process (one fresh model per variant), plus one compile cost."""
+    import argparse as _argparse
+
+    from study.config import parse_image_size
+
+    size, dev = parse_image_size(image_size), torch.device(device)
+    flops = ys.train_flops_per_image(tp.fresh_model(model, 3, 0), size)
+    out: dict[str, Any] = {"model": model, "gflop_per_image_fwd_bwd": round(flops / 1e9, 4), "variants": {}}
+    for variant in variants:
+        try:
+            r = sv.time_variant(model, variant, dev, batch_size, size, steps)
+        except Exception as exc:  # one broken option must not lose the others
+            out["variants"][variant] = {"error": f"{type(exc).__name__}: {exc}"}
+            continue
+        r["yardstick"] = ys.yardstick(r["img_s"], flops, peak)
+        out["variants"][variant] = r
+    eager = out["variants"].get("eager", {}).get("median_step_s")
+    for r in out["variants"].values():
+        if eager and "median_step_s" in r:
+            r["speedup_vs_eager"] = round(eager / r["median_step_s"], 3)
+    if compile_cost_of and eager:
+        args = _argparse.Namespace(model=model, device=device, batch_size=batch_size, image_size=image_size,
+                                   steps=steps)
+        out["compile_cost"] = {compile_cost_of: sv.compile_cost(args, compile_cost_of, eager, steps_per_epoch=52)}
     return out
 
 
@@ -203,8 +251,8 @@ def checks(results: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for model, r in (results.get("throughput") or {}).items():
         if r and "error" not in r:
-            a, target = r.get("segstudy_vs_compute_bound"), TARGETS["a_segstudy_vs_compute_bound"]
-            out[f"a_segstudy_vs_compute_bound[{model}]"] = {"value": a, "target": target,
+            a, target = r.get("segstudy_vs_eager_resident"), TARGETS["a_segstudy_vs_eager_resident"]
+            out[f"a_segstudy_vs_eager_resident[{model}]"] = {"value": a, "target": target,
                                                               "met": None if a is None else a >= target}
             out[f"b_segstudy_vs_naive[{model}]"] = {"value": r["ratio"], "target": TARGETS["b_segstudy_vs_naive"],
                                                      "met": r["ratio"] >= TARGETS["b_segstudy_vs_naive"]}
@@ -212,6 +260,15 @@ def checks(results: dict[str, Any]) -> dict[str, Any]:
         if r and "error" not in r:
             out[f"c_bf16[{model}]"] = {"speedup": r["bf16_speedup"], "val_miou_delta": r["val_miou_delta"],
                                        "seed_spread": r["seed_spread_max"], "met": r["within_noise"]}
+    for model, r in (results.get("fast_loop") or {}).items():
+        if r and "error" not in r:
+            out[f"f_fast_img_s[{model}]"] = {"value": r["segstudy_img_s"], "target": TARGETS["f_fast_img_s"],
+                                             "mfu": r["yardstick"]["segstudy"]["mfu"],
+                                             "met": r["segstudy_img_s"] >= TARGETS["f_fast_img_s"]}
+    for model, r in (results.get("fast_miou") or {}).items():
+        if r and "error" not in r:
+            out[f"g_fast_miou[{model}]"] = {"speedup": r["fast_speedup"], "val_miou_delta": r["val_miou_delta"],
+                                            "seed_spread": r["seed_spread_max"], "met": r["within_noise"]}
     share = results.get("sharing")
     if share and "shared_vs_alone" in share:
         out["d_shared_vs_alone"] = {"value": share["shared_vs_alone"], "target": TARGETS["d_shared_vs_alone"],
@@ -233,13 +290,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bf16-epochs", type=int, default=10, help="length of each (c) run")
     parser.add_argument("--bf16-models", default="segformer,fcn_resnet50")
     parser.add_argument("--seeds", default="0,1", help="seeds of the (c) runs (two give a noise estimate)")
-    parser.add_argument("--trials", type=int, default=4, help="(d) trials sharing the GPU")
+    parser.add_argument("--trials", default="1,2,4,8", help="(d) trials sharing the GPU, one packing per count")
+    parser.add_argument("--fast", default="tf32=on,fused_adamw=on,channels_last=auto,compile=reduce-overhead",
+                        help="(d), (f), (g): the loop's speed options for the fast step (TrainConfig fields)")
+    parser.add_argument("--variants", default=None,
+                        help="(e) step variants (default: benchmarks.step_variants' CUDA list; on cpu a short one)")
+    parser.add_argument("--fast-epochs", type=int, default=6, help="length of each (g) run")
     parser.add_argument("--share-model", default="segformer")
     parser.add_argument("--share-epochs", type=int, default=20, help="(d) timed epochs per trial")
     parser.add_argument("--threads-per-trial", type=int, default=1,
                         help="torch CPU threads per (d) trial (as Ray sets for --cpus-per-trial 1)")
-    parser.add_argument("--budget-s", type=float, default=170.0,
-                        help="start no part after this many seconds (the last part then ends well within 4 minutes)")
+    parser.add_argument("--budget-s", type=float, default=300.0,
+                        help="start no part after this many seconds")
     parser.add_argument("--quick", action="store_true",
                         help="tiny settings that exercise every code path in about a minute")
     args = parser.parse_args(argv)
@@ -249,11 +311,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--device cuda: torch sees no GPU here (use --device cpu --quick to check the code paths)")
     if args.quick:
         args.images, args.toy_scale, args.image_size, args.batch_size = 40, 1, "32", 8
-        args.epochs, args.bf16_epochs, args.trials, args.share_epochs = 1, 2, 2, 1
+        args.epochs, args.bf16_epochs, args.trials, args.share_epochs, args.fast_epochs = 1, 2, "2", 1, 1
         args.models = args.bf16_models = "segformer"
+        args.seeds, args.bf16_epochs, args.budget_s = "0", 1, float("inf")
     models = [m for m in args.models.split(",") if m]
     bf16_models = [m for m in args.bf16_models.split(",") if m]
     seeds = [int(s) for s in args.seeds.split(",") if s]
+    counts = [int(n) for n in args.trials.split(",") if n]
+    fast = dict(item.split("=", 1) for item in args.fast.split(",") if item)
+    if args.device == "cpu":  # the CPU dry run checks code paths: no CUDA-only option, no (minutes-long) compile
+        fast = {**fast, "tf32": "off", "compile": "off"}
+    variants = [v for v in (args.variants or sv.DEFAULT_VARIANTS["cuda" if args.device == "cuda" else "cpu"]
+                            ).split(",") if v]
+    if args.quick:  # every code path, none of the slow ones (bf16 is emulated on CPUs without native bf16)
+        variants = ["eager", "fused_adamw"]
+    compiled = [v for v in variants if set(v.split("+")) & {*sv.COMPILE_TOKENS, "all"}]
 
     device = torch.device(args.device)
     machine = tp.machine_info(device)
@@ -286,24 +358,31 @@ def main(argv: list[str] | None = None) -> int:
         del train_set
 
         common = dict(device=args.device, batch_size=args.batch_size, image_size=args.image_size)
+        off = {"tf32": "off", "fused_adamw": "off", "channels_last": "off", "compile": "off"}
         spec = {"data_root": data_root, "cache": cache, "model": args.share_model, "epochs": args.share_epochs,
                 "threads": args.threads_per_trial, "precision": "fp32", "barrier_timeout": 120,
-                "device": args.device, "batch_size": args.batch_size, "image_size": args.image_size}
+                "device": args.device, "batch_size": args.batch_size, "image_size": args.image_size, "speed": fast}
+        peak = report.part("peak", ys.device_peak, device)
         # most important first: the budget may skip the tail
-        first, rest = models[:1], models[1:]
-        for model in first:
+        for model in models:
+            report.part(f"fast_loop:{model}", tp.measure, data_root, model, epochs=args.epochs, warmup=1,
+                        eager_resident=True, cache_dir=cache, speed=fast, peak=peak, **common)
+        for model in models if not args.quick else []:  # quick: fast_loop already ran these code paths
             report.part(f"throughput:{model}", tp.measure, data_root, model, epochs=args.epochs, warmup=1,
-                        compute_bound=True, cache_dir=cache, **common)
-        for model in bf16_models[:1]:
+                        eager_resident=True, cache_dir=cache, speed=off, peak=peak, **common)
+        for model in models:
+            report.part(f"steps:{model}", step_options, model, args.device, args.batch_size, args.image_size,
+                        steps=10, variants=variants, peak=peak, compile_cost_of=None)
+        for model in models:
+            report.part(f"fast_miou:{model}", compare_speed, data_root, cache, model, epochs=args.fast_epochs,
+                        seeds=seeds, fast=fast, **common)
+        report.part("sharing", sharing, spec, counts, timeout_s=150)
+        for model in bf16_models:
             report.part(f"bf16:{model}", compare_precision, data_root, cache, model, epochs=args.bf16_epochs,
-                        seeds=seeds, **common)
-        report.part("sharing", sharing, spec, args.trials, timeout_s=150)
-        for model in rest:
-            report.part(f"throughput:{model}", tp.measure, data_root, model, epochs=args.epochs, warmup=1,
-                        compute_bound=True, cache_dir=cache, **common)
-        for model in bf16_models[1:]:
-            report.part(f"bf16:{model}", compare_precision, data_root, cache, model, epochs=args.bf16_epochs,
-                        seeds=seeds, **common)
+                        seeds=seeds, speed=fast, **common)
+        if compiled:
+            report.part(f"compile_cost:{models[0]}", step_options, models[0], args.device, args.batch_size,
+                        args.image_size, steps=10, variants=["eager"], peak=peak, compile_cost_of=compiled[-1])
         report.part("diagnostics", without_train_metric, data_root, cache, models[0], epochs=args.epochs, **common)
 
     report.data["checks"] = checks(report.data["results"])

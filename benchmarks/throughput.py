@@ -15,8 +15,14 @@ Prints ONE JSON object (and writes it to ``--out`` when given):
 - ``ratio`` = segstudy / naive, each side in its own precision (``segstudy_precision``: what
   ``--precision auto`` picks on this device, bf16 on CPUs with native bf16; ``naive_precision``: fp32,
   as the textbook pipeline trains; ``--precision fp32`` compares the data paths alone);
-  ``compute_bound_img_s`` (and ``segstudy_vs_compute_bound``) on CUDA, or with ``--compute-bound on``:
-  the same model's forward + backward + optimizer step on random tensors that already sit on the device.
+  ``eager_resident_img_s`` (and ``segstudy_vs_eager_resident``) on CUDA, or with ``--eager-resident on``:
+  the same model's eager forward + backward + optimizer step on random tensors that already sit on the
+  device. A reference for the data path, not a bound: the step itself can go much faster (compiled,
+  CUDA-graphed), which the yardstick shows.
+- ``yardstick``: FLOPs per image (forward + backward, ``segmodels.cost.count_flops``), achieved TFLOP/s
+  and MFU against this device's bf16 matmul rate measured in the same run (``benchmarks.yardstick``),
+  for the segstudy loop and the eager-resident step. ``speed`` (``--tf32 --fused-adamw --channels-last
+  --compile``) sets the loop's speed options, as ``study.run_trial`` does.
 
 Both sides train the same model from the same seed on the same images (the ``train`` split), with
 the same batch size; the first ``--warmup`` epochs of each are not timed, and each side times
@@ -281,10 +287,11 @@ def run_segstudy(cfg: Any, train_set: Any, val_set: Any, model: nn.Module, warmu
     return out
 
 
-def run_compute_bound(model: nn.Module, device: torch.device, batch_size: int, image_size: tuple[int, int],
-                      num_classes: int, images: int, warmup_steps: int = 3, lr: float = 1e-3,
-                      bf16: bool = False, seed: int = 0) -> dict[str, Any]:
-    """The same step on random tensors already on the device: the most any input pipeline could give."""
+def run_eager_resident(model: nn.Module, device: torch.device, batch_size: int, image_size: tuple[int, int],
+                       num_classes: int, images: int, warmup_steps: int = 3, lr: float = 1e-3,
+                       bf16: bool = False, seed: int = 0) -> dict[str, Any]:
+    """The eager step on random tensors already on the device: what the eager loop could reach with no data
+    path at all (a reference for the data path, not for the step)."""
     generator = torch.Generator(device="cpu").manual_seed(seed)
     x = torch.randn(batch_size, 3, *image_size, generator=generator).to(device)
     y = torch.randint(0, num_classes, (batch_size, *image_size), generator=generator).to(device)
@@ -325,14 +332,17 @@ def limit(dataset: Any, count: int | None) -> Any:
 def measure(data_root: str | Path, model_name: str = "segformer", device: str = "cpu", batch_size: int = 64,
             image_size: int | str | tuple[int, int] = 64, epochs: int = 4, warmup: int = 1, repeats: int = 1,
             seed: int = 0, lr: float = 1e-3, gamma: float = 0.98, precision: str = "auto",
-            naive_precision: str = "fp32", compute_bound: bool | None = None, max_images: int | None = None,
-            cache_dir: str | Path | None = None, wait_quiet: float = 0.0, wait_max_s: float = 600.0) -> dict[str, Any]:
+            naive_precision: str = "fp32", eager_resident: bool | None = None, max_images: int | None = None,
+            cache_dir: str | Path | None = None, wait_quiet: float = 0.0, wait_max_s: float = 600.0,
+            speed: dict[str, str] | None = None, peak: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run both pipelines (``repeats`` times, alternating) and return the JSON-ready result.
 
     ``wait_quiet`` > 0: before each repeat, wait (at most ``wait_max_s``) until other processes use less
     than that share of the machine's CPU; every side records the share they used while it ran.
     ``precision`` is the loop's ``--precision`` (auto: what a study would use on this device);
-    ``naive_precision`` the textbook pipeline's (fp32 unless asked).
+    ``naive_precision`` the textbook pipeline's (fp32 unless asked). ``speed``: the loop's speed options
+    (TrainConfig fields: tf32, fused_adamw, channels_last, compile); ``peak``: ``yardstick.device_peak``'s,
+    when already measured in this run.
     """
     from study.config import TrainConfig, parse_image_size
     from study.data import build_dataset
@@ -342,7 +352,7 @@ def measure(data_root: str | Path, model_name: str = "segformer", device: str = 
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("benchmarks.throughput: --device cuda but torch sees no GPU")
-    compute_bound = dev.type == "cuda" if compute_bound is None else compute_bound
+    eager_resident = dev.type == "cuda" if eager_resident is None else eager_resident
     ours_bf16 = resolve_precision(precision, dev) == "bf16"
     naive_bf16 = resolve_precision(naive_precision, dev) == "bf16"
     load_before = load_average()
@@ -368,7 +378,7 @@ def measure(data_root: str | Path, model_name: str = "segformer", device: str = 
 
     cfg = TrainConfig(dataset="pets", data_root=str(data_root), model=model_name, epochs=warmup + epochs,
                       batch_size=batch_size, lr=lr, gamma=gamma, image_size=size, seed=seed, device=str(dev),
-                      precision=precision)
+                      precision=precision, **(speed or {}))
     runs: list[dict[str, Any]] = []
     for repeat in range(repeats):
         quiet = wait_for_quiet(wait_quiet, wait_max_s) if wait_quiet else None
@@ -405,13 +415,20 @@ def measure(data_root: str | Path, model_name: str = "segformer", device: str = 
         "segstudy_precision": "bf16" if ours_bf16 else "fp32",
         "naive_precision": "bf16" if naive_bf16 else "fp32",
     }
-    if compute_bound:
+    from benchmarks import yardstick as ys
+
+    peak = peak or ys.device_peak(dev)
+    flops = ys.train_flops_per_image(fresh_model(model_name, num_classes, seed), size)
+    result["yardstick"] = {"segstudy": ys.yardstick(segstudy_img_s, flops, peak)}
+    if eager_resident:
         timed_images = runs[0]["segstudy"]["timed_images"]
-        bound = run_compute_bound(fresh_model(model_name, num_classes, seed), dev, batch_size, size, num_classes,
-                                  timed_images, lr=lr, bf16=ours_bf16, seed=seed)
-        result["compute_bound_img_s"] = round(bound["img_s"], 2)
-        result["segstudy_vs_compute_bound"] = round(segstudy_img_s / bound["img_s"], 3)
-        result["compute_bound"] = bound
+        ref = run_eager_resident(fresh_model(model_name, num_classes, seed), dev, batch_size, size, num_classes,
+                                 timed_images, lr=lr, bf16=ours_bf16, seed=seed)
+        result["eager_resident_img_s"] = round(ref["img_s"], 2)
+        result["segstudy_vs_eager_resident"] = round(segstudy_img_s / ref["img_s"], 3)
+        result["eager_resident"] = ref
+        result["yardstick"]["eager_resident"] = ys.yardstick(ref["img_s"], flops, peak)
+    result["peak"] = peak
     result.update({
         "cache": {"first_decode_s": None if cache_dir else round(cache_build_s, 3), "reload_s": round(cache_load_s, 3),
                   "note": "given, already built cache: no decode measured" if cache_dir else
@@ -422,7 +439,7 @@ def measure(data_root: str | Path, model_name: str = "segformer", device: str = 
                      "seed": seed, "lr": lr, "gamma": gamma, "precision": precision,
                      "segstudy_precision": "bf16" if ours_bf16 else "fp32",
                      "naive_precision": "bf16" if naive_bf16 else "fp32", "naive_num_workers": NAIVE_WORKERS,
-                     "naive_pin_memory": dev.type == "cuda", "init": "scratch"},
+                     "naive_pin_memory": dev.type == "cuda", "init": "scratch", "speed": speed or {}},
         "runs": runs,
         "machine": machine_info(dev),
         "versions": library_versions(),
@@ -469,8 +486,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="the loop's --precision (auto: bf16 on CPUs with native bf16, else fp32)")
     parser.add_argument("--naive-precision", choices=["fp32", "bf16"], default="fp32",
                         help="the naive pipeline's autocast (the textbook pipeline trains in fp32)")
-    parser.add_argument("--compute-bound", choices=["auto", "on", "off"], default="auto",
-                        help="also time the step on random on-device tensors (auto: on CUDA only)")
+    parser.add_argument("--eager-resident", choices=["auto", "on", "off"], default="auto",
+                        help="also time the eager step on random on-device tensors (auto: on CUDA only)")
+    for option in ("tf32", "fused-adamw", "channels-last"):
+        parser.add_argument(f"--{option}", choices=["auto", "on", "off"], default="auto", help="the loop's")
+    parser.add_argument("--compile", choices=["auto", "off", "default", "max-autotune", "reduce-overhead"],
+                        default="auto", help="the loop's")
     parser.add_argument("--max-images", type=int, default=None, help="use only the first N train images")
     parser.add_argument("--out", help="also write the JSON here")
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SHARE",
@@ -492,8 +513,10 @@ def main(argv: list[str] | None = None) -> int:
     result = measure(args.data_root, args.model, args.device, args.batch_size, args.image_size, args.epochs,
                      args.warmup, args.repeats, args.seed, precision=args.precision,
                      naive_precision=args.naive_precision,
-                     compute_bound={"auto": None, "on": True, "off": False}[args.compute_bound],
-                     max_images=args.max_images, wait_quiet=args.wait_quiet, wait_max_s=args.wait_max)
+                     eager_resident={"auto": None, "on": True, "off": False}[args.eager_resident],
+                     max_images=args.max_images, wait_quiet=args.wait_quiet, wait_max_s=args.wait_max,
+                     speed={"tf32": args.tf32, "fused_adamw": args.fused_adamw, "channels_last": args.channels_last,
+                            "compile": args.compile})
     result["command"] = "python -m benchmarks.throughput " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.quick:
         result["quick"] = True

@@ -1,25 +1,29 @@
-"""Segmentation models behind one interface: torchvision's FCN ResNet-50 and Hugging Face's SegFormer.
+"""Segmentation models behind one interface: torchvision's segmentation builders and Hugging Face's
+semantic-segmentation models, from one registry.
 
-``build_model(name, num_classes, init, pretrained=None)`` returns a ``SegModel`` whose forward gives
-logits (N, num_classes, H, W) at the input resolution. The logic lives in named modules: ``model``
-(building, init strategies, encoder files), ``fcn`` and ``segformer`` (each library's side), ``errors``
-(the project's error classes) and ``files`` (the atomic write). This file only re-exports.
+``build_model(name, num_classes, init, pretrained=None, variant="b0", class_names=None)`` returns a ``SegModel``
+whose forward gives logits (N, num_classes, H, W) at the input resolution; ``model_spec(name)`` is the registry
+entry (family, encoder, pretrained sources, minimum image size). The logic lives in named modules: ``registry``
+(names -> entries), ``spec`` (what an entry knows), ``tv`` and ``hf`` (each family), ``segformer`` (the
+``segformer`` alias), ``model`` (building, init strategies, encoder files), ``cost`` (parameters, FLOPs),
+``errors`` (the project's error classes) and ``files`` (the atomic write). This file only re-exports.
 """
 
 from segmodels.errors import ConfigError, DataError, ModelError, PretrainedUnavailable, UsageError
 from segmodels.files import atomic_torch_save, atomic_write
 from segmodels.model import (
-                             DEFAULT_PRETRAINED,
-                             ENCODER_FORMAT,
-                             INITS,
-                             MODELS,
-                             SEGFORMER_VARIANTS,
-                             SegModel,
-                             build_model,
-                             load_encoder,
-                             save_encoder,
+    DEFAULT_PRETRAINED,
+    ENCODER_FORMAT,
+    INITS,
+    SegModel,
+    build_model,
+    load_encoder,
+    save_encoder,
 )
+from segmodels.registry import MODELS, SEGFORMER_VARIANTS, TV_MODELS, check_model, model_spec
+from segmodels.spec import ModelSpec
 
-__all__ = ["DEFAULT_PRETRAINED", "ENCODER_FORMAT", "INITS", "MODELS", "SEGFORMER_VARIANTS", "ConfigError",
-           "DataError", "ModelError", "PretrainedUnavailable", "SegModel", "UsageError", "atomic_torch_save",
-           "atomic_write", "build_model", "load_encoder", "save_encoder"]
+__all__ = ["DEFAULT_PRETRAINED", "ENCODER_FORMAT", "INITS", "MODELS", "SEGFORMER_VARIANTS", "TV_MODELS",
+           "ConfigError", "DataError", "ModelError", "ModelSpec", "PretrainedUnavailable", "SegModel", "UsageError",
+           "atomic_torch_save", "atomic_write", "build_model", "check_model", "load_encoder", "model_spec",
+           "save_encoder"]

@@ -1,11 +1,13 @@
-"""Build a segmentation model and load or freeze its pretrained encoder.
+"""Build a segmentation model from the registry and load or freeze its pretrained encoder.
 
-``build_model(name, num_classes, init, pretrained=None)`` returns a ``SegModel``
-whose forward gives logits (N, num_classes, H, W) at the input resolution.
+``build_model(name, num_classes, init, pretrained=None, variant="b0", class_names=None)`` returns a
+``SegModel`` whose forward gives logits (N, num_classes, H, W) at the input resolution. Everything that
+differs between models is asked of the registry entry (``segmodels.registry``): nothing here branches on a name.
 
 init strategies:
   scratch   every weight random
-  finetune  encoder weights loaded from ``pretrained``, decoder/head fresh, all trained
+  finetune  encoder weights loaded from ``pretrained`` (default: the entry's own source), decoder/head
+            fresh, all trained
   freeze    as finetune, and the encoder is frozen: ``requires_grad=False`` and kept in
             eval mode (BatchNorm statistics and dropout fixed) while the rest trains
 """
@@ -13,38 +15,39 @@ init strategies:
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from segmodels import fcn, segformer
-from segmodels.errors import ConfigError, PretrainedUnavailable
+from segmodels.errors import ConfigError, PretrainedUnavailable, UsageError
 from segmodels.files import atomic_torch_save
+from segmodels.registry import model_spec
+from segmodels.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
-MODELS = ("fcn_resnet50", "segformer")
 INITS = ("scratch", "finetune", "freeze")
-SEGFORMER_VARIANTS = tuple(segformer.VARIANTS)
 ENCODER_FORMAT = "segstudy-encoder/1"
+# The aliases' default encoder sources (each entry's ``default_pretrained``), kept for existing callers.
 DEFAULT_PRETRAINED = {"fcn_resnet50": "imagenet", "segformer": "nvidia/mit-{variant}"}
 
 
 class SegModel(nn.Module):
-    """A torchvision FCN or a HF SegFormer behind one interface: logits at input size, an encoder."""
+    """Any registry entry behind one interface: logits at input size, an encoder to load or freeze."""
 
-    def __init__(self, name: str, net: nn.Module, variant: str | None = None) -> None:
+    def __init__(self, spec: ModelSpec, net: nn.Module) -> None:
         super().__init__()
-        self.name = name
-        self.variant = variant
+        self.spec = spec
+        self.name = spec.name
+        self.variant = spec.variant
         self.net = net
         self.frozen = False
 
     @property
     def encoder(self) -> nn.Module:
-        return fcn.encoder_of(self.net) if self.name == "fcn_resnet50" else segformer.encoder_of(self.net)
+        return self.spec.encoder_of(self.net)
 
     def freeze_encoder(self) -> None:
         self.frozen = True
@@ -58,28 +61,21 @@ class SegModel(nn.Module):
         return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.name == "fcn_resnet50":
-            return self.net(images)["out"]
-        logits = self.net(pixel_values=images).logits  # H/4 x W/4
-        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return self.spec.logits(self.net, images)
 
 
 def build_model(name: str, num_classes: int, init: str = "scratch", pretrained: str | None = None,
-                variant: str = "b0") -> SegModel:
-    """Build ``name`` for ``num_classes`` with the given init strategy (see module docstring)."""
-    if name not in MODELS:
-        raise ConfigError(f"--model: expected one of {', '.join(MODELS)}, got {name!r}")
+                variant: str = "b0", class_names: Sequence[str] | None = None) -> SegModel:
+    """Build ``name`` for ``num_classes`` with the given init strategy (see module docstring).
+
+    ``class_names`` (the task's, in label order) become a Hugging Face model's id2label/label2id.
+    """
+    spec = model_spec(name, variant)
     if init not in INITS:
         raise ConfigError(f"--init: expected one of {', '.join(INITS)}, got {init!r}")
-    if name == "fcn_resnet50":
-        model = SegModel(name, fcn.build_fcn(num_classes))
-    else:
-        if variant not in segformer.VARIANTS:
-            raise ConfigError(f"--variant: expected one of {', '.join(segformer.VARIANTS)}, got {variant!r}")
-        model = SegModel(name, segformer.build_segformer(num_classes, variant), variant)
+    model = SegModel(spec, spec.build(num_classes, class_names))
     if init in ("finetune", "freeze"):
-        source = pretrained or DEFAULT_PRETRAINED[name].format(variant=variant)
-        load_encoder(model, source)
+        load_encoder(model, pretrained or spec.default_pretrained)
         if init == "freeze":
             model.freeze_encoder()
     return model
@@ -103,20 +99,26 @@ def _encoder_state(model: SegModel, source: str) -> dict[str, torch.Tensor]:
         return _encoder_state_from_file(model, path)
     offline_help = (
         f"--pretrained {source}: cannot load {model.name} encoder weights offline and none are cached; "
-        "pass --pretrained PATH (a state-dict or segstudy checkpoint file"
-        + (", or a Hugging Face model folder" if model.name == "segformer" else "")
-        + ") or fetch the weights once on a machine with internet"
+        f"pass --pretrained PATH ({model.spec.local_sources}) or fetch the weights once on a machine with internet"
     )
     try:
-        if model.name == "fcn_resnet50":
-            if source not in ("imagenet", "coco_voc"):
-                raise ConfigError(f"--pretrained {source}: expected imagenet, coco_voc or an existing file")
-            return fcn.load_torchvision_encoder(source)
-        return segformer.load_hf_encoder(source)
-    except ConfigError:
+        with torch.random.fork_rng(devices=[]):  # a donor model's random init must not shift the trial's seed
+            return model.spec.encoder_state(source, model.encoder)
+    except UsageError:
         raise
-    except (OSError, RuntimeError, ValueError) as exc:
+    except (RuntimeError, ValueError) as exc:
+        if path.is_dir():  # a local model that was read but does not fit (e.g. other hidden sizes)
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(f"--pretrained {source}: does not fit the {model.name} encoder ({first})") from None
         raise PretrainedUnavailable(f"{offline_help} [{type(exc).__name__}]") from None
+    except OSError as exc:  # no network and nothing cached, or a folder without weights
+        raise PretrainedUnavailable(f"{offline_help} [{type(exc).__name__}]") from None
+
+
+def encoder_prefix(model: SegModel) -> str:
+    """Where the encoder sits in ``model.net``'s state dict: ``backbone.``, ``segformer.``, ``dpt.``..."""
+    encoder = model.encoder
+    return next(name + "." for name, module in model.net.named_modules() if module is encoder)
 
 
 def _encoder_state_from_file(model: SegModel, path: Path) -> dict[str, torch.Tensor]:
@@ -129,17 +131,27 @@ def _encoder_state_from_file(model: SegModel, path: Path) -> dict[str, torch.Ten
     if not isinstance(data, dict):
         raise ConfigError(f"--pretrained {path}: expected a state dict, got {type(data).__name__}")
     if data.get("format") == ENCODER_FORMAT:
-        if data.get("model") != model.name:
+        if not _same_family(data.get("model"), data.get("variant"), model.spec):
             raise ConfigError(f"--pretrained {path}: holds a {data.get('model')} encoder, not {model.name}")
         return data["encoder"]
     state = data.get("model_state", data)
-    prefix = "net." + ("backbone." if model.name == "fcn_resnet50" else "segformer.")
+    bare_prefix = encoder_prefix(model)
+    prefix = "net." + bare_prefix
     if any(key.startswith(prefix) for key in state):  # a whole segstudy model: keep its encoder part
         return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
-    bare_prefix = prefix[len("net."):]
     if any(key.startswith(bare_prefix) for key in state):  # a whole torchvision / HF model
         return {key[len(bare_prefix):]: value for key, value in state.items() if key.startswith(bare_prefix)}
     return state
+
+
+def _same_family(stored: object, variant: object, spec: ModelSpec) -> bool:
+    """An encoder file fits a model of its own family (e.g. tv:fcn_resnet50's ResNet-50 into
+    tv:deeplabv3_resnet50); whether the weights fit is then the strict load's to say."""
+    try:
+        other = model_spec(stored, variant if isinstance(variant, str) else "b0")
+    except ConfigError:
+        return False
+    return other.family == spec.family
 
 
 def save_encoder(model: SegModel, path: str | Path) -> Path:

@@ -1,14 +1,18 @@
-"""Hugging Face SegFormer (MiT-b0..b5), built offline from a config.
+"""The ``segformer`` alias: Hugging Face SegFormer (MiT-b0..b5) built offline from the paper's configs.
 
-The encoder (``model.segformer``, the Mix Transformer) can be loaded from a Hugging
-Face id or folder (e.g. ``nvidia/mit-b0``) or from an encoder checkpoint that
-segstudy wrote itself (its own Cityscapes pretraining stage).
+It is an entry of the Hugging Face family (``segmodels.hf``) whose config comes from ``VARIANTS`` instead of a
+Hub id, so it builds with no file and no network. The encoder (``net.segformer``, the Mix Transformer) loads
+from ``nvidia/mit-{variant}`` by default, any other Hugging Face id or folder, or an encoder file segstudy
+wrote itself (its own Cityscapes pretraining stage).
 """
 
 from __future__ import annotations
 
-from torch import nn
-from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerModel
+from dataclasses import dataclass
+
+from transformers import PretrainedConfig, SegformerConfig
+
+from segmodels.hf import HuggingFaceSpec
 
 # Hidden sizes, depths and decoder width of the MiT variants (SegFormer paper, Table 6).
 VARIANTS: dict[str, dict] = {
@@ -25,14 +29,20 @@ def segformer_config(variant: str, num_classes: int) -> SegformerConfig:
     return SegformerConfig(num_labels=num_classes, **VARIANTS[variant])
 
 
-def build_segformer(num_classes: int, variant: str = "b0") -> SegformerForSemanticSegmentation:
-    return SegformerForSemanticSegmentation(segformer_config(variant, num_classes))
+@dataclass(frozen=True)
+class SegformerSpec(HuggingFaceSpec):
+    min_size_reason = "its last stage downsamples 32x"
 
+    @property
+    def key(self) -> str:
+        return "segformer"
 
-def encoder_of(net: SegformerForSemanticSegmentation) -> nn.Module:
-    return net.segformer
+    @property
+    def default_pretrained(self) -> str:
+        return f"nvidia/mit-{self.variant}"
 
+    def config(self) -> PretrainedConfig:
+        return SegformerConfig(**VARIANTS[self.variant])
 
-def load_hf_encoder(source: str) -> dict:
-    """The MiT encoder's state dict from a Hugging Face id or local folder (raises OSError offline)."""
-    return SegformerModel.from_pretrained(source).state_dict()
+    def check(self, image_size: tuple[int, int] | None = None) -> None:
+        super(HuggingFaceSpec, self).check(image_size)  # the size only: the config is ours, always buildable

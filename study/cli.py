@@ -108,3 +108,28 @@ def image_size_arg(text: str) -> tuple[int, int]:
         return parse_image_size(text)
     except UsageError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def class_weights_arg(text: str) -> str | list[float]:
+    """``none``, ``inverse_frequency``, ``median_frequency`` or ``w0,w1,...`` for argparse."""
+    from study.config import check_class_weights
+
+    value: str | list[float] = text
+    if "," in text:
+        try:
+            value = [float(w) for w in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+    try:
+        check_class_weights(value)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--class-weights: ")) from None
+    return value
+
+
+def model_source_arg(text: str) -> tuple[str, str]:
+    """``NAME=SOURCE`` (``--pretrained-model``): split at the last ``=`` (a Hub id or path holds none)."""
+    name, sep, source = text.rpartition("=")
+    if not sep or not name or not source:
+        raise argparse.ArgumentTypeError(f"expected NAME=SOURCE, e.g. tv:deeplabv3_resnet50=imagenet, got {text!r}")
+    return name, source

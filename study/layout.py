@@ -20,6 +20,7 @@ No Ray and no running cluster is needed. ``docs/results-layout.md`` describes th
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from study import storage
@@ -29,6 +30,7 @@ ERRORS = "errors"
 FATES = "fates"
 LOGS = "logs"
 STUDY_FILE = "study.json"
+CLASS_FREQUENCIES_FILE = "class_frequencies.csv"  # each class's pixels and share per split (study.preflight)
 SUMMARY_FILE = "summary.csv"
 SEARCH_SUMMARY_FILE = "search_summary.csv"
 CONFIRM_DIR = "confirm"
@@ -38,6 +40,16 @@ HISTORY_FILE = "history.csv"
 TUNE_RESULT_FILE = "result.json"
 TUNE_PARAMS_FILE = "params.json"
 TUNE_ERROR_FILE = "error.txt"
+
+
+def model_slug(model: str) -> str:
+    """A model name as one file-name part: ``segformer`` stays, ``hf:/models/x`` becomes ``hf_models_x``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", model).strip("_")
+
+
+def pretrained_encoder_file(experiment: str | Path, model: str) -> str:
+    """Where the study's own pretraining stage keeps ``model``'s encoder: ``pretrained/<model>_encoder.pt``."""
+    return storage.join(experiment, "pretrained", f"{model_slug(model)}_encoder.pt")
 
 
 def trial_folder(trial_id: str) -> str:

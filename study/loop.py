@@ -3,10 +3,13 @@
 
 Recipe (the report's): AdamW(lr, amsgrad=True), ExponentialLR(gamma) stepped per
 epoch, cross-entropy ignoring 255, validation every ``val_every`` epochs and at
-the last one, best weights kept by val mIoU.
+the last one, best weights kept by val mIoU. Class weights (``--class-weights``) weight the training loss
+only: the validation loss and mIoU stay unweighted, so they compare across weightings.
 
 Batches are cut from the decoded uint8 tensors, which are moved to the training
-device once; flips and normalisation happen there. Under torch.distributed (e.g.
+device once (a split too large for the trial's share of GPU memory stays in host
+memory and is copied batch by batch: ``study.data.stream``); flips and normalisation
+happen on the device. Under torch.distributed (e.g.
 DDP set up by Ray Train) each rank trains on its own shard of every epoch's
 permutation and the validation confusion matrix is summed over ranks, so every
 rank computes the same mIoU. Callers hook in through ``on_validation``.
@@ -16,6 +19,8 @@ AMX), where ``benchmarks.precision`` measured training faster with val mIoU unch
 everywhere else in fp32, CUDA included: on an H200, bf16 autocast trained SegFormer-B0 and
 FCN ResNet-50 at 64x64 0.83x and 0.78x as fast (``benchmarks/results/gpu-h200*.json``).
 Validation is always fp32.
+
+Speed options (``--tf32``, ``--fused-adamw``, ``--channels-last``, ``--compile``): ``study.speed``.
 """
 
 from __future__ import annotations
@@ -35,8 +40,11 @@ from torch import nn
 
 from study.config import TrainConfig
 from study.data import SegDataset
+from study.data.frequencies import class_weights
+from study.data.stream import Split, as_split, place_splits, training_reserve
 from study.data.transforms import hflip_where, normalize
 from study.metrics import SegMetric
+from study.speed import FastForward, apply_tf32, pad_order, resolve_speed
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +119,8 @@ def _shard(order: torch.Tensor, rank: int, world: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, num_classes: int, batch_size: int,
+def evaluate(model: nn.Module, images: torch.Tensor | Split, masks: torch.Tensor | None, num_classes: int,
+             batch_size: int,
              ignore_index: int = 255,
              on_batch: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None
              ) -> tuple[SegMetric, float]:
@@ -121,18 +130,19 @@ def evaluate(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, num_cl
     the precision a model was trained in.
 
     ``on_batch(indices, logits, targets)`` sees every batch (e.g. to keep probabilities for ROC curves).
+    ``images`` is a tensor beside ``masks``, or a placed split (``study.data.stream``) with ``masks`` None.
     """
     rank, world = dist_info()
-    device = images.device
+    data = as_split(images, masks)
+    device = data.device
     metric = SegMetric(num_classes, ignore_index, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     pixels = torch.zeros((), dtype=torch.float64, device=device)
     was_training = model.training
     model.eval()
-    indices = torch.arange(rank, len(images), world, device=device)
-    for start in range(0, len(indices), batch_size):
-        idx = indices[start : start + batch_size]
-        x, y = normalize(images[idx]), masks[idx].long()
+    indices = torch.arange(rank, len(data), world)
+    for idx, x, y in data.batches(indices, batch_size):
+        x, y = normalize(x), y.long()
         logits = model(x)
         loss_sum += F.cross_entropy(logits, y, ignore_index=ignore_index, reduction="sum")
         pixels += (y != ignore_index).sum()
@@ -147,35 +157,56 @@ def evaluate(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, num_cl
     return metric, float(loss_sum / pixels.clamp(min=1))
 
 
-def train_one_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, masks: torch.Tensor,
-                    cfg: TrainConfig, epoch: int, *, num_classes: int, ignore_index: int, bf16: bool,
-                    track_metric: bool, on_step: Callable[[torch.Tensor], None] | None = None) -> EpochStats:
-    """One pass over this rank's shard of a seeded permutation, with seeded flips.
+def pixel_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int,
+               class_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean cross-entropy over labelled pixels, its denominator): the weighted mean when ``class_weight`` is
+    given, as ``F.cross_entropy(weight=...)`` averages; the denominator lets an epoch's mean be summed exactly."""
+    labelled = targets != ignore_index
+    if class_weight is None:
+        denominator = labelled.sum()
+    else:
+        denominator = torch.where(labelled, class_weight[targets.clamp(max=len(class_weight) - 1)], 0).sum()
+    total = F.cross_entropy(logits.float(), targets, weight=class_weight, ignore_index=ignore_index, reduction="sum")
+    return total / denominator.clamp(min=1e-12), denominator
+
+
+def train_one_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor | Split,
+                    masks: torch.Tensor | None, cfg: TrainConfig, epoch: int, *, num_classes: int,
+                    ignore_index: int, bf16: bool, track_metric: bool,
+                    on_step: Callable[[torch.Tensor], None] | None = None,
+                    class_weight: torch.Tensor | None = None, static_shapes: bool = False) -> EpochStats:
+    """One pass over this rank's shard of a seeded permutation, with seeded flips; the loss is weighted per class
+    by ``class_weight`` (K,) when given (``study.data.frequencies.class_weights``).
 
     The permutation and the flips come from a CPU generator seeded by (seed, epoch), so a resumed
-    run draws the same ones on any device; both are moved to the device once per epoch, so the
-    steps never wait on a host-to-device copy.
+    run draws the same ones on any device, with any placement; the flips (and a resident split's
+    order) are moved to the device once per epoch, so the steps never wait on a host-to-device copy.
+    ``images``/``masks`` as in ``evaluate``.
     """
     rank, world = dist_info()
-    device = images.device
+    data = as_split(images, masks)
+    device = data.device
     epoch_rng = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-    order = torch.randperm(len(images), generator=epoch_rng)
-    flips = torch.rand(len(images), generator=epoch_rng) < 0.5
-    order = _shard(order, rank, world).to(device)
-    flips = flips.to(device)[order]
+    order = torch.randperm(len(data), generator=epoch_rng)
+    flips = torch.rand(len(data), generator=epoch_rng) < 0.5
+    order = _shard(order, rank, world)
+    real = len(order)  # this rank's images; with static_shapes (a compiled step) fillers follow: pad_order
+    order = pad_order(order, cfg.batch_size) if static_shapes else order
+    flips = flips[order].to(device)
     metric = SegMetric(num_classes, ignore_index, device=device) if track_metric else None
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     pixels = torch.zeros((), dtype=torch.float64, device=device)
     net.train()
     started = time.perf_counter()
-    for start in range(0, len(order), cfg.batch_size):
-        idx = order[start : start + cfg.batch_size]
-        x, y = hflip_where(images[idx], masks[idx], flips[start : start + cfg.batch_size])
+    for step, (_, x, y) in enumerate(data.batches(order, cfg.batch_size)):
+        start = step * cfg.batch_size
+        x, y = hflip_where(x, y, flips[start : start + cfg.batch_size])
         x, y = normalize(x), y.long()
+        if start + cfg.batch_size > real:
+            y[max(real - start, 0):] = ignore_index  # fillers (static shapes): no loss, no gradient, no metric
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = net(x)
-        valid = (y != ignore_index).sum()
-        loss = F.cross_entropy(logits.float(), y, ignore_index=ignore_index, reduction="sum") / valid.clamp(min=1)
+        loss, valid = pixel_loss(logits, y, ignore_index, class_weight)  # class weights: the loss, not the metric
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -187,7 +218,7 @@ def train_one_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, images: to
             on_step(loss_sum / pixels.clamp(min=1))
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return EpochStats(loss_sum, pixels, metric, len(order) * world, time.perf_counter() - started)
+    return EpochStats(loss_sum, pixels, metric, real * world, time.perf_counter() - started)
 
 
 def train(cfg: TrainConfig, train_set: SegDataset, val_set: SegDataset, model: nn.Module, *,
@@ -207,22 +238,37 @@ def train(cfg: TrainConfig, train_set: SegDataset, val_set: SegDataset, model: n
     precision = resolve_precision(cfg.precision, device)
     log.info("training on %s in %s (--precision %s)", device, precision, cfg.precision)
     num_classes, ignore_index = train_set.num_classes, train_set.ignore_index
-    train_images, train_masks = train_set.images.to(device), train_set.masks.to(device)
-    val_images, val_masks = val_set.images.to(device), val_set.masks.to(device)
+    class_weight = class_weights(cfg.class_weights, train_set.class_pixels)
+    if class_weight is not None:
+        class_weight = class_weight.to(device)
+        log.info("class weights (%s): %s", cfg.class_weights if isinstance(cfg.class_weights, str) else "given",
+                 ", ".join(f"{w:.3g}" for w in class_weight.tolist()))
+    train_data, val_data = place_splits([(train_set.images, train_set.masks), (val_set.images, val_set.masks)],
+                                        device, cfg.data_placement, cfg.device_memory_share,
+                                        reserve=lambda: training_reserve(cfg, num_classes))
 
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, amsgrad=True)
+    steps_per_epoch = math.ceil(math.ceil(len(train_set) / dist_info()[1]) / cfg.batch_size)
+    speed = resolve_speed(cfg, device, cfg.epochs * steps_per_epoch, dist_info()[1])
+    apply_tf32(speed, device)
+    if speed.channels_last:
+        model.to(memory_format=torch.channels_last)
+    log.info("speed options: %s", speed)
+    fast = FastForward(net, speed)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, amsgrad=True,
+                                  weight_decay=cfg.weight_decay, fused=speed.fused_adamw or None)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.gamma)
     result = TrainResult()
     start_epoch = _restore(resume, model, optimizer, scheduler, result) if resume is not None else 1
-    steps = math.ceil(math.ceil(len(train_images) / dist_info()[1]) / cfg.batch_size)
+    steps = math.ceil(math.ceil(len(train_data) / dist_info()[1]) / cfg.batch_size)
     bar = ProgressBar((cfg.epochs - start_epoch + 1) * steps) if progress and dist_info()[0] == 0 else None
 
     for epoch in range(start_epoch, cfg.epochs + 1):
         validates = epoch % cfg.val_every == 0 or epoch == cfg.epochs
         lr = optimizer.param_groups[0]["lr"]
-        stats = train_one_epoch(net, optimizer, train_images, train_masks, cfg, epoch, num_classes=num_classes,
+        stats = train_one_epoch(fast, optimizer, train_data, None, cfg, epoch, num_classes=num_classes,
                                 ignore_index=ignore_index, bf16=precision == "bf16", track_metric=validates,
-                                on_step=bar.step if bar else None)
+                                on_step=bar.step if bar else None, class_weight=class_weight,
+                                static_shapes=speed.static_shapes)
         scheduler.step()
         if not validates:
             continue
@@ -230,7 +276,7 @@ def train(cfg: TrainConfig, train_set: SegDataset, val_set: SegDataset, model: n
             stats.metric.all_reduce()
             torch.distributed.all_reduce(stats.loss_sum)
             torch.distributed.all_reduce(stats.pixels)
-        val_metric, val_loss = evaluate(net, val_images, val_masks, num_classes, cfg.batch_size, ignore_index)
+        val_metric, val_loss = evaluate(net, val_data, None, num_classes, cfg.batch_size, ignore_index)
         row = {"epoch": epoch, "train_loss": float(stats.loss_sum / stats.pixels.clamp(min=1)),
                "train_miou": stats.metric.miou(), "val_loss": val_loss, "val_miou": val_metric.miou(), "lr": lr,
                "images_per_s": stats.images / stats.seconds}

@@ -11,8 +11,9 @@ import logging
 import os
 from pathlib import Path
 
+from segmodels import model_spec
 from study import storage
-from study.config import MODELS, STUDY_STAGE
+from study.config import STUDY_STAGE
 from study.errors import ConfigError, UsageError
 from study.settings import StudySettings
 
@@ -48,28 +49,43 @@ def trial_arms(settings: StudySettings) -> set[tuple[str, str]]:
     return arms
 
 
+ALIAS_OPTIONS = {"segformer": "pretrained_segformer", "fcn_resnet50": "pretrained_fcn"}  # the report's two
+
+
 def given_source(settings: StudySettings, model: str) -> str | None:
-    return settings.pretrained_segformer if model == "segformer" else settings.pretrained_fcn
+    """The encoder source the user named for ``model``: ``--pretrained-segformer``/``--pretrained-fcn`` for the
+    report's two, ``--pretrained-model NAME=SOURCE`` for any registered model."""
+    if model in ALIAS_OPTIONS:
+        return getattr(settings, ALIAS_OPTIONS[model])
+    return settings.pretrained_models.get(model)
+
+
+def source_option(model: str) -> str:
+    """The option that names ``model``'s encoder source, for messages."""
+    return f"--{ALIAS_OPTIONS[model].replace('_', '-')}" if model in ALIAS_OPTIONS else f"--pretrained-model {model}"
 
 
 def models_to_pretrain(settings: StudySettings) -> list[str]:
-    """The models whose encoder the study's Cityscapes stage trains: the preset's, unless a source is given,
-    and any named ``--pretrained-<model> cityscapes``; only those some trial fine-tunes or freezes."""
+    """The models whose encoder the study's own pretraining stage trains: the preset's (its ``pretrain`` block),
+    unless a source is given, and any named ``--pretrained-... cityscapes``; only those some trial fine-tunes or
+    freezes."""
     needed = {m for m, i in trial_arms(settings) if i in NEEDS_ENCODER}
     preset = [m for m in settings.pretrain.get("models", []) if not given_source(settings, m)]
-    asked = [m for m in MODELS if given_source(settings, m) == STUDY_STAGE]
+    asked = [m for m in sorted(needed) if given_source(settings, m) == STUDY_STAGE]
     return [m for m in dict.fromkeys([*preset, *asked]) if m in needed]
 
 
 def encoder_sources(settings: StudySettings) -> dict[str, str]:
-    """The encoder source of every model whose trials need one and that no pretraining stage makes."""
+    """The encoder source of every model whose trials need one and that no pretraining stage makes: the one
+    given, else the registry entry's default (torchvision: ImageNet; Hugging Face: the model's own id or folder)."""
     needed = {m for m, i in trial_arms(settings) if i in NEEDS_ENCODER}
     staged = set(models_to_pretrain(settings))
     sources = {}
     for model in sorted(needed - staged):
-        source = given_source(settings, model) or DEFAULT_ENCODER.get(model)
+        default = DEFAULT_ENCODER.get(model) if model in ALIAS_OPTIONS else model_spec(model).default_pretrained
+        source = given_source(settings, model) or default
         if source is None:
-            raise ConfigError(f"--pretrained-{model.split('_')[0]}: the trials fine-tune or freeze {model} and no "
+            raise ConfigError(f"{source_option(model)}: the trials fine-tune or freeze {model} and no "
                               "encoder source is given")
         sources[model] = source
     return sources
@@ -81,7 +97,7 @@ def check_encoders(settings: StudySettings) -> None:
     from segmodels import build_model
 
     for model, source in encoder_sources(settings).items():
-        option = f"--pretrained-{model.split('_')[0]}"
+        option = source_option(model)
         if storage.is_remote(source):
             if not storage.is_file(source):
                 raise ConfigError(f"{option} {storage.display(source)}: no such file")
@@ -93,23 +109,37 @@ def check_encoders(settings: StudySettings) -> None:
         log.info("encoder for %s: %s (checked)", model, source)
 
 
-def prepare_data(settings: StudySettings) -> None:
-    """Write the toy data if the preset uses it, then decode + validate every split once (fills the cache)."""
-    from study.data import build_dataset
+def prepare_data(settings: StudySettings) -> list[dict]:
+    """Write the toy data if the preset uses it, then decode + validate every split once (fills the cache);
+    returns each class's pixel count and share per split (``study.data.frequencies``), shown once here."""
+    from study.data import Labels, build_dataset
+    from study.data.frequencies import frequency_rows
     from study.data.toy import toy_exists, write_toy
 
     root = Path(settings.data_root)
     if settings.toy and not toy_exists(root):
         write_toy(root)
-    for split in ("train", "val"):
-        build_dataset(settings.dataset, split, root, settings.image_size, cache_dir=settings.cache_dir)
-    if models_to_pretrain(settings):  # one pretraining dataset, whichever models use it
+    labels = Labels.of(settings)
+    splits = {split: build_dataset(settings.dataset, split, root, settings.image_size, cache_dir=settings.cache_dir,
+                                   labels=labels) for split in ("train", "val")}
+    rows = frequency_rows(splits["train"].class_names, {s: d.class_pixels for s, d in splits.items()})
+    log.info("class pixel shares (train / val): %s", ", ".join(
+        f"{r['class']} {100 * r['train_share']:.1f}% / {100 * r['val_share']:.1f}%" for r in rows))
+    absent = [r["class"] for r in rows if not r["train_pixels"]]
+    if absent:
+        log.warning("%d of %d classes never occur in the train split: %s", len(absent), len(rows),
+                    ", ".join(absent[:10]) + (", ..." if len(absent) > 10 else ""))
+    if models_to_pretrain(settings):  # one pretraining task, whichever models use it
+        pretrain = settings.pretrain
         for split in ("train", "val"):
-            build_dataset(settings.pretrain["dataset"], split, root, settings.pretrain["image_size"],
-                          cache_dir=settings.cache_dir)
+            build_dataset(pretrain["dataset"], split, pretrain.get("data_root", root), pretrain["image_size"],
+                          cache_dir=settings.cache_dir, labels=Labels.of(pretrain))
+    return rows
 
 
-def preflight(settings: StudySettings) -> None:
+def preflight(settings: StudySettings) -> list[dict]:
+    """Every check before Ray starts; returns the class frequencies (written to the experiment once it exists)."""
     check_experiment_dir(settings)
-    prepare_data(settings)
+    frequencies = prepare_data(settings)
     check_encoders(settings)
+    return frequencies

@@ -13,17 +13,33 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from study.cli import OneLineParser, image_size_arg, main_guard
-from study.config import DATASETS, DEVICES, INITS, MODELS, PRECISIONS, SEGFORMER_VARIANTS, TrainConfig
+from study.cli import OneLineParser, class_weights_arg, image_size_arg, main_guard
+from study.config import (
+    COMPILE_MODES,
+    DATA_PLACEMENTS,
+    DATASETS,
+    DEVICES,
+    INITS,
+    MODELS,
+    PRECISIONS,
+    SEGFORMER_VARIANTS,
+    SWITCHES,
+    TrainConfig,
+)
 from study.errors import ConfigError
 from study.io import atomic_torch_save, load_checkpoint, write_csv, write_json
 from study.loop import METRIC_COLUMNS, TrainResult, ValidationEvent, train
+from study.task import FIELDS, load_task
 from study.trial import build_trial_model, load_splits, model_checkpoint
 
 log = logging.getLogger(__name__)
 
 # Options that may differ when resuming (where the data lives, how long to train, which device).
-RESUMABLE_CHANGES = {"data_root", "epochs", "device", "cache_dir"}
+RESUMABLE_CHANGES = {"data_root", "epochs", "device", "cache_dir", "data_placement", "device_memory_share"}
+
+TASK_FIELDS = tuple(FIELDS.values())  # dataset, data_root, classes, ..., as options or from --task
+SPEED_OPTIONS = ("tf32", "fused_adamw", "channels_last", "compile")  # how fast, not what is trained
+RESUMABLE_CHANGES |= set(SPEED_OPTIONS)
 
 
 def check_out_dir(cfg: TrainConfig, out: Path, resume: bool) -> dict[str, Any] | None:
@@ -37,6 +53,8 @@ def check_out_dir(cfg: TrainConfig, out: Path, resume: bool) -> dict[str, Any] |
         raise ConfigError(f"--resume: nothing to resume in {out} (no last.pt)")
     saved = json.loads((out / "config.json").read_text())
     current = cfg.to_dict()
+    defaults = TrainConfig().to_dict()  # a field newer than the run: the run had its default
+    saved = {**defaults, **saved}
     differing = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
     if differing:
         key = differing[0]
@@ -78,34 +96,55 @@ def run_local(cfg: TrainConfig, out: str | Path, resume: bool = False, progress:
 def add_trial_options(parser: OneLineParser) -> None:
     """The options that define a trial, with TrainConfig's defaults (shared with other entry points)."""
     d = TrainConfig()
-    parser.add_argument("--dataset", choices=DATASETS, default=d.dataset)
-    parser.add_argument("--data-root", default=d.data_root, help="folder holding oxford-iiit-pet/ and/or cityscapes/")
-    parser.add_argument("--model", choices=MODELS, default=d.model)
+    # The task's options default to None: a value given here beats the --task file, which beats TrainConfig's.
+    parser.add_argument("--task", metavar="FILE.yaml", help="the task file (study/task.py): dataset, root, classes...")
+    parser.add_argument("--dataset", choices=DATASETS, help=f"dataset format (default {d.dataset})")
+    parser.add_argument("--data-root", help=f"the dataset's root, e.g. the folder holding oxford-iiit-pet/ "
+                                            f"(default {d.data_root})")
+    parser.add_argument("--class-weights", type=class_weights_arg,
+                        help="loss weights per class: none (default), inverse_frequency, median_frequency or w0,w1,...")
+    parser.add_argument("--model", default=d.model, help=f"{', '.join(MODELS)} or hf:ID_OR_FOLDER (docs/models.md)")
     parser.add_argument("--init", choices=INITS, default=d.init)
     parser.add_argument("--pretrained", default=None,
-                        help="encoder source: a file, a Hugging Face id/folder (segformer), imagenet or coco_voc (fcn)")
+                        help="encoder source: a file, a Hugging Face id/folder (hf:), imagenet or coco_voc (tv:)")
     parser.add_argument("--variant", choices=SEGFORMER_VARIANTS, default=d.variant, help="SegFormer MiT variant")
     parser.add_argument("--epochs", type=int, default=d.epochs)
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--lr", type=float, default=d.lr)
     parser.add_argument("--gamma", type=float, default=d.gamma)
-    parser.add_argument("--image-size", type=image_size_arg, default=d.image_size, help="N or HxW, e.g. 64 or 64x128")
+    parser.add_argument("--image-size", type=image_size_arg,
+                        help=f"N or HxW, e.g. 64 or 64x128 (default {d.image_size[0]})")
     parser.add_argument("--val-every", type=int, default=d.val_every)
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--device", choices=DEVICES, default=d.device)
     parser.add_argument("--precision", choices=PRECISIONS, default=d.precision,
                         help="autocast dtype (auto: bf16 on CPUs with native bf16, fp32 elsewhere)")
+    parser.add_argument("--data-placement", choices=DATA_PLACEMENTS, default=d.data_placement,
+                        help="where the splits live while training: device, host (streamed to the GPU batch by "
+                             "batch) or auto (device when they fit half the trial's free GPU memory)")
+    parser.add_argument("--tf32", choices=SWITCHES, default=d.tf32,
+                        help="TF32 matmuls and convolutions on CUDA (auto: on; off: strict fp32)")
+    parser.add_argument("--fused-adamw", choices=SWITCHES, default=d.fused_adamw,
+                        help="AdamW(fused=True), amsgrad kept (auto: on CUDA)")
+    parser.add_argument("--channels-last", choices=SWITCHES, default=d.channels_last,
+                        help="NHWC memory format (auto: the convnets on CUDA)")
+    parser.add_argument("--compile", choices=COMPILE_MODES, default=d.compile,
+                        help="torch.compile the model; reduce-overhead adds CUDA graphs (auto: reduce-overhead on "
+                             "CUDA for trials long enough to pay for the compile, off on the CPU)")
     parser.add_argument("--cache-dir", default=None,
                         help="decoded-data cache (default $SEGSTUDY_CACHE or ~/.cache/segstudy)")
     parser.add_argument("--download", action="store_true", help="download Oxford-IIIT Pet if missing (needs internet)")
 
 
 def config_from_args(args: Any) -> TrainConfig:
+    task = load_task(args.task) if args.task else {}
+    given = {name: getattr(args, name) for name in TASK_FIELDS if getattr(args, name, None) is not None}
     return TrainConfig(
-        dataset=args.dataset, data_root=args.data_root, model=args.model, init=args.init, pretrained=args.pretrained,
+        **{**task, **given}, model=args.model, init=args.init, pretrained=args.pretrained,
         variant=args.variant, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, gamma=args.gamma,
-        image_size=args.image_size, val_every=args.val_every, seed=args.seed, device=args.device,
-        precision=args.precision, cache_dir=args.cache_dir,
+        val_every=args.val_every, seed=args.seed, device=args.device,
+        precision=args.precision, cache_dir=args.cache_dir, data_placement=args.data_placement,
+        **{name: getattr(args, name) for name in SPEED_OPTIONS},
     )
 
 

@@ -30,6 +30,11 @@ class StudySettings:
     data_root: str = "data/toy"
     toy: bool = False
     dataset: str = "pets"
+    task: str | None = None  # the --task file these task fields came from (study.task), recorded in study.json
+    classes: list[str] | None = None
+    ignore_index: int = 255
+    reduce_zero_label: bool | None = None
+    class_weights: str | list[float] = "none"
     epochs: int = 6
     batch_size: int = 16
     image_size: Any = "32"
@@ -42,6 +47,8 @@ class StudySettings:
     max_concurrent: int = 0  # 0: as many as resources allow
     cpus_per_trial: float = 1.0
     gpus_per_trial: float | None = None  # None: 1 if the cluster has GPUs, else 0
+    gpus_per_model: dict[str, float] = field(default_factory=dict)  # sized by gpu_shares when --gpus-per-trial
+    # is not given and the driver sees the GPU model; a model not in it asks for gpus_per_trial
     workers_per_trial: int = 1
     trial_runner: str = "auto"  # auto: Tune runs one-worker trials itself, Ray Train runs DDP trials
     pretrain_workers: int | None = None  # None: every GPU of one node when the cluster has GPUs, else 1
@@ -55,7 +62,14 @@ class StudySettings:
     pretrain: dict[str, Any] = field(default_factory=dict)
     pretrained_segformer: str | None = None
     pretrained_fcn: str | None = None
+    pretrained_models: dict[str, str] = field(default_factory=dict)  # --pretrained-model NAME=SOURCE, any model
     precision: str = "auto"
+    # The loop's speed options (study.speed.resolve_speed), passed to every trial and the Cityscapes stage.
+    tf32: str = "auto"
+    fused_adamw: str = "auto"
+    channels_last: str = "auto"
+    compile: str = "auto"
+    data_placement: str = "auto"  # auto | device | host (study.data.stream)
     cache_dir: str | None = None
     wandb: bool = False
     resume: bool = False
@@ -67,19 +81,38 @@ class StudySettings:
     def experiment_dir(self) -> str:
         return storage.join(self.storage, self.name)
 
+    def labels(self) -> dict[str, Any]:
+        """The task's label fields, as TrainConfig names them (the class weights are searchable as well)."""
+        return {"classes": self.classes, "ignore_index": self.ignore_index,
+                "reduce_zero_label": self.reduce_zero_label, "class_weights": self.class_weights}
+
+    def speed_options(self) -> dict[str, str]:
+        """The TrainConfig fields that set how fast a trial trains, never what it learns."""
+        return {"tf32": self.tf32, "fused_adamw": self.fused_adamw, "channels_last": self.channels_last,
+                "compile": self.compile}
+
     def trial_base(self, pretrained_by_model: dict[str, str]) -> dict[str, Any]:
-        """The TrainConfig fields every trial shares (Tune samples model, init, lr, gamma)."""
-        return {"dataset": self.dataset, "data_root": self.data_root, "epochs": self.epochs,
+        """The TrainConfig fields every trial shares; a trial's searched fields (``study.config.SEARCHABLE``:
+        batch_size and image_size too) override them in ``study.trial.trial_config``."""
+        return {"dataset": self.dataset, "data_root": self.data_root, **self.labels(), "epochs": self.epochs,
                 "batch_size": self.batch_size, "image_size": list(parse_image_size(self.image_size)),
                 "val_every": self.val_every, "seed": self.seed, "precision": self.precision,
-                "cache_dir": self.cache_dir, "pretrained_by_model": pretrained_by_model}
+                "data_placement": self.data_placement, "device_memory_share": self.memory_share(),
+                "memory_share_by_model": dict(self.gpus_per_model), "cache_dir": self.cache_dir,
+                "pretrained_by_model": pretrained_by_model, **self.speed_options()}
+
+    def memory_share(self) -> float:
+        """The fraction of a GPU's memory one trial may use (its GPU share), for where its data is placed."""
+        share = self.gpus_per_trial or 1.0
+        return float(min(share, 1.0)) if self.workers_per_trial == 1 else 1.0
 
     def validate(self) -> None:
         models = {p["model"] for p in self.points} | set(self.space.get("model", ("choice", []))[1])
         for model in sorted(models) or ["fcn_resnet50"]:  # the trial-level ranges, named as options
-            TrainConfig(dataset=self.dataset, model=model, epochs=self.epochs, batch_size=self.batch_size,
+            TrainConfig(dataset=self.dataset, **self.labels(), model=model, epochs=self.epochs,
+                        batch_size=self.batch_size,
                         image_size=self.image_size, val_every=self.val_every, seed=self.seed,
-                        precision=self.precision)
+                        precision=self.precision, data_placement=self.data_placement, **self.speed_options())
         checks = [("num-samples", self.num_samples >= 1, "an integer >= 1"),
                   ("repeats", self.repeats >= 1, "an integer >= 1"),
                   ("confirm-top", self.confirm_top >= 0, "an integer >= 0"),
@@ -123,10 +156,50 @@ class StudySettings:
         if self.confirm_top > self.num_samples:
             raise ConfigError(f"--confirm-top {self.confirm_top}: more than the {self.num_samples} trials the search "
                               "runs (--num-samples)")
-        for option, source in (("fcn", self.pretrained_fcn), ("segformer", self.pretrained_segformer)):
+        for option, source in (("fcn", self.pretrained_fcn), ("segformer", self.pretrained_segformer),
+                               *(("model " + m, s) for m, s in self.pretrained_models.items())):
             if source == STUDY_STAGE and not self.pretrain:
                 raise ConfigError(f"--pretrained-{option} {STUDY_STAGE}: --preset {self.preset} has no "
                                   "Cityscapes stage")
+
+    def trial_resources(self, config: dict[str, Any]) -> dict[str, float]:
+        """What a one-worker trial of ``config`` (Tune's sampled values) asks Tune for: its CPUs, and its model's
+        GPU share from ``gpus_per_model``, else ``--gpus-per-trial``."""
+        return {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_model.get(config.get("model"),
+                                                                           self.gpus_per_trial or 0.0)}
+
+    def gpu_shares(self, gpu_bytes: int) -> dict[str, float]:
+        """Per model the study may train: the share of a GPU of ``gpu_bytes`` its estimated peak memory needs
+        (``study.gpu_memory``) at the largest batch and image size it may train with; {} when the study's class
+        count is not known before its data is read."""
+        from study.gpu_memory import estimate_peak_bytes, gpu_share, training_memory
+        from study.summary import study_num_classes
+
+        num_classes = study_num_classes(dataclasses.asdict(self))
+        if num_classes is None:
+            return {}
+        batch = max(int(b) for b in self._values("batch_size", self.batch_size))
+        height, width = max((parse_image_size(v) for v in self._values("image_size", self.image_size)),
+                            key=lambda size: size[0] * size[1])
+        shares = {}
+        for model in sorted(set(self._values("model", None)) - {None}):
+            parameters, activations = training_memory(model, getattr(self, "variant", "b0"), num_classes, height,
+                                                      width)
+            peak = estimate_peak_bytes(parameters, activations, batch)
+            shares[model] = gpu_share(peak, gpu_bytes)
+            if peak > gpu_bytes:
+                log.warning("%s at %dx%d, batch %d: an estimated %.1f GiB at its peak, more than the GPU's %.1f GiB; "
+                            "lower --batch-size or --image-size", model, height, width, batch, peak / 2**30,
+                            gpu_bytes / 2**30)
+        return shares
+
+    def _values(self, name: str, default: Any) -> list[Any]:
+        """Every value ``name`` may take: the warm-start points', and the space's (a range: its bounds)."""
+        values = [point[name] for point in self.points if name in point]
+        spec = self.space.get(name)
+        if spec:  # ("choice", [v, ...]) and ("grid", [...]); a range is (kind, low, high)
+            values += list(spec[1]) if spec[0] in ("choice", "grid") else list(spec[1:])
+        return values or [default]
 
     def seeds(self) -> list[int]:
         """The seeds every configuration runs with: ``seed``, ``seed + 1``, ... (``repeats`` of them)."""
@@ -135,6 +208,12 @@ class StudySettings:
     def grid_points(self) -> list[dict[str, Any]]:
         """The grid's trials: every point with every seed, seed by seed (an interrupted study has whole seeds)."""
         return [{**point, "seed": seed} for seed in self.seeds() for point in self.points]
+
+    def trial_count(self) -> int:
+        """The trials the study runs: a grid's points x seeds, or a search's samples and its confirm stage."""
+        if self.searcher == "grid":
+            return len(self.points) * self.repeats
+        return self.num_samples + self.confirm_top * self.repeats
 
     def confirm_stage(self, points: list[dict[str, Any]]) -> StudySettings:
         """The confirm stage of a search: ``points`` x its seeds to the full epochs, no early stopping, as its

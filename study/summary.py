@@ -4,16 +4,27 @@
 trial with ``SUMMARY_COLUMNS``. ``study.run`` writes ``summary.csv`` from it and ``analysis`` reads
 the same table; both take "stopped early", "error" or "interrupted" from the record ``study.fates``
 keeps, written when the trial ended.
+
+``add_cost`` gives each trial its model's parameter count and forward FLOPs per image at the study's image
+size (``segmodels.cost``). They are counted here, once per (model, variant, classes, image size), on the model
+built from scratch, rather than by each trial: what they count depends on nothing a trial learns or loads, a
+study of 48 trials of two models counts twice instead of 48 times, no trial pays for it, and a study recorded
+before the columns existed gets them too.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import math
+from typing import Any
 
 import pandas as pd
 
 from study import storage
+from study.config import SEARCHABLE, parse_image_size
+from study.errors import UsageError
 from study.fates import ERROR, STATUS, STOPPED_BY_ASHA, read_fate
 from study.layout import (
     CONFIRM_DIR,
@@ -28,10 +39,13 @@ from study.layout import (
     tune_results,
 )
 
-HYPERPARAMETERS = ("model", "init", "lr", "gamma")  # what Tune samples for a trial
+HYPERPARAMETERS = ("model", "init", "lr", "gamma")  # what every trial has (a space may search more: SEARCHABLE)
+COST_COLUMNS = ("params", "flops")  # the model's parameters, and its forward FLOPs per image at the trial's size
 SUMMARY_COLUMNS = ("trial_id", "model", "init", "lr", "gamma", "seed", "epochs", "best_val_miou", "best_epoch",
-                   "stopped_early", "status", "stop_reason", "failures", "error", "best_checkpoint")
+                   "stopped_early", "status", "stop_reason", "failures", "error", "best_checkpoint", *COST_COLUMNS)
 METRICS = ("train_loss", "train_miou", "val_loss", "val_miou")
+
+log = logging.getLogger(__name__)
 
 
 def trial_ids(experiment: str) -> list[str]:
@@ -61,9 +75,24 @@ def top_configurations(summary: pd.DataFrame, k: int) -> list[dict]:
     """The ``k`` best distinct configurations (model, init, lr, gamma) of a finished search, by best val mIoU:
     what its confirm stage reruns with every seed."""
     done = summary[(summary["status"] == "done") & summary["best_val_miou"].notna()]
-    distinct = done.sort_values("best_val_miou", ascending=False).drop_duplicates(list(HYPERPARAMETERS))
-    return [{"model": r.model, "init": r.init, "lr": float(r.lr), "gamma": float(r.gamma)}
-            for r in distinct.head(k).itertuples()]
+    keys = searched_columns(summary)
+    distinct = done.sort_values("best_val_miou", ascending=False).drop_duplicates(keys)
+    return [{key: _plain(row[key]) for key in keys if not _missing(row[key])} for _, row in distinct.head(k).iterrows()]
+
+
+def searched_columns(table: pd.DataFrame) -> list[str]:
+    """The hyperparameter columns of a history or summary: the four every trial has, then any other searched
+    field (``study.config.SEARCHABLE``: batch_size, image_size, ...) some trial was given."""
+    return [*HYPERPARAMETERS, *(k for k in SEARCHABLE if k not in HYPERPARAMETERS and k in table.columns)]
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _plain(value: Any) -> Any:
+    """A pandas/numpy scalar as the plain Python value a Tune point takes."""
+    return value.item() if hasattr(value, "item") else value
 
 
 def tune_state_trial_ids(experiment: str, files: set[str]) -> set[str] | None:
@@ -105,8 +134,9 @@ def load_history(experiment: str, default_seed: int = 0) -> pd.DataFrame:
         frame = pd.DataFrame(rows) if rows else pd.DataFrame({"epoch": [math.nan]})  # a row even without results
         frame = frame.rename(columns={"lr": "epoch_lr"})
         frame["trial_id"] = trial_id
-        for key in HYPERPARAMETERS:
-            frame[key] = params.get(key)
+        for key in SEARCHABLE:  # the four every trial has, and any other field its space searched
+            if key in HYPERPARAMETERS or key in params:
+                frame[key] = params.get(key)
         frame["seed"] = params.get("seed", default_seed)
         reached = int(frame["epoch"].max()) if frame["epoch"].notna().any() else 0
         fate = read_fate(experiment, trial_id)
@@ -122,7 +152,7 @@ def load_history(experiment: str, default_seed: int = 0) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=["trial_id", *HYPERPARAMETERS, "seed", "epoch", *METRICS])
     history = pd.concat(frames, ignore_index=True)
-    keep = ["trial_id", *HYPERPARAMETERS, "seed", "epoch", *METRICS, "epoch_lr", "images_per_s", "node_id",
+    keep = ["trial_id", *searched_columns(history), "seed", "epoch", *METRICS, "epoch_lr", "images_per_s", "node_id",
             "epochs_reached", "status", "stop_reason", "stopped_early", "failures", "error", "best_checkpoint"]
     return history[[c for c in keep if c in history.columns]].sort_values(["trial_id", "epoch"]).reset_index(drop=True)
 
@@ -144,3 +174,58 @@ def summary_table(history: pd.DataFrame) -> pd.DataFrame:
     columns = [*SUMMARY_COLUMNS, *(c for c in per_trial if c not in SUMMARY_COLUMNS and c != "epochs_reached")]
     table = pd.DataFrame(rows, columns=columns)
     return table.sort_values("best_val_miou", ascending=False, na_position="last").reset_index(drop=True)
+
+
+@functools.lru_cache(maxsize=64)
+def model_cost(model: str, variant: str, num_classes: int, height: int, width: int) -> tuple[int, float]:
+    """(parameters, forward FLOPs per image at height x width) of ``model`` built from scratch for
+    ``num_classes``; the global RNG is left as it was (building draws random weights)."""
+    import torch
+
+    from segmodels import build_model
+    from segmodels.cost import count_flops, count_parameters
+
+    with torch.random.fork_rng(devices=[]):
+        net = build_model(model, num_classes, "scratch", variant=variant)
+    return count_parameters(net), count_flops(net, (height, width))
+
+
+def study_num_classes(settings: dict[str, Any]) -> int | None:
+    """The number of classes a study's trials were built for: the task's class list, else its format's own
+    (``settings``: study.json's values, or a run's config.json); None when neither says."""
+    if settings.get("classes"):
+        return len(settings["classes"])
+    from study.data.formats import FORMATS
+
+    fmt = FORMATS.get(settings.get("dataset", "pets"))
+    return len(fmt.classes) if fmt is not None and fmt.classes else None
+
+
+def add_cost(table: pd.DataFrame, settings: dict[str, Any]) -> pd.DataFrame:
+    """``table`` (one row per trial, or per validation) with ``COST_COLUMNS`` for each row's model, at the row's
+    ``image_size`` where the study searched it, else the study's (``settings``: study.json's values). A model
+    that cannot be built here (an ``hf:`` folder gone since) gets NaN, with a warning."""
+    num_classes = study_num_classes(settings)
+    variant = settings.get("variant") or "b0"
+    size = settings.get("image_size")
+    out = table.copy()
+    out["params"], out["flops"] = math.nan, math.nan
+    if num_classes is None or size is None or not len(out):
+        return out
+    searched = out["image_size"] if "image_size" in out.columns else [None] * len(out)
+    keys = [(model, parse_image_size(size if _missing(own) else own))
+            for model, own in zip(out["model"], searched, strict=True)]
+    for key in dict.fromkeys(k for k in keys if isinstance(k[0], str)):
+        model, (height, width) = key
+        try:
+            params, flops = model_cost(model, variant, num_classes, height, width)
+        except (UsageError, OSError, RuntimeError, ValueError) as exc:
+            log.warning("no cost for %s at %dx%d: %s", model, height, width, exc)
+            continue
+        rows = [k == key for k in keys]
+        out.loc[rows, "params"], out.loc[rows, "flops"] = params, flops
+    return out
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))

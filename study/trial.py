@@ -7,6 +7,7 @@ import these, so a checkpoint written by any of them reads the same everywhere.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import tempfile
 import traceback
@@ -15,8 +16,8 @@ from typing import Any
 
 from segmodels import SegModel, build_model
 from study import storage
-from study.config import TrainConfig
-from study.data import SegDataset, build_dataset
+from study.config import SEARCHABLE, TrainConfig
+from study.data import Labels, SegDataset, build_dataset
 from study.errors import UsageError
 from study.io import atomic_torch_save, load_checkpoint, write_csv, write_json
 from study.layout import CHECKPOINT_FILE, HISTORY_FILE, METRICS_FILE, error_file
@@ -29,8 +30,8 @@ PERMANENT_ERRORS = (UsageError,)
 
 @functools.lru_cache(maxsize=8)
 def _split(dataset: str, split: str, root: str, size: tuple[int, int], cache_dir: str | None,
-           download: bool) -> SegDataset:
-    return build_dataset(dataset, split, root, size, cache_dir=cache_dir, download=download)
+           download: bool, labels: Labels) -> SegDataset:
+    return build_dataset(dataset, split, root, size, cache_dir=cache_dir, download=download, labels=labels)
 
 
 def load_splits(cfg: TrainConfig, download: bool = False) -> tuple[SegDataset, SegDataset]:
@@ -40,7 +41,8 @@ def load_splits(cfg: TrainConfig, download: bool = False) -> tuple[SegDataset, S
     (``reuse_actors=True``) does not decode or even re-read them.
     """
     key = (cfg.dataset, cfg.data_root, tuple(cfg.image_size), cfg.cache_dir)
-    return _split(key[0], "train", *key[1:], download), _split(key[0], "val", *key[1:], False)
+    labels = Labels.of(cfg)
+    return _split(key[0], "train", *key[1:], download, labels), _split(key[0], "val", *key[1:], False, labels)
 
 
 def build_trial_model(cfg: TrainConfig, num_classes: int) -> SegModel:
@@ -48,7 +50,7 @@ def build_trial_model(cfg: TrainConfig, num_classes: int) -> SegModel:
     if pretrained and storage.is_remote(pretrained) and cfg.init != "scratch":
         pretrained = str(storage.local_copy(pretrained, cfg.cache_dir))  # e.g. the study's encoder on s3://
     seed_everything(cfg.seed)
-    return build_model(cfg.model, num_classes, cfg.init, pretrained, cfg.variant)
+    return build_model(cfg.model, num_classes, cfg.init, pretrained, cfg.variant, class_names=cfg.classes)
 
 
 def model_checkpoint(cfg: TrainConfig, event: ValidationEvent, class_names: tuple[str, ...]) -> dict[str, Any]:
@@ -87,13 +89,24 @@ def new_checkpoint_dir() -> Path:
 
 
 def trial_config(params: dict[str, Any], base: dict[str, Any]) -> TrainConfig:
-    """The TrainConfig of a Tune trial: the study's shared fields plus the trial's sampled ones."""
-    hyper = {key: params[key] for key in ("model", "init", "lr", "gamma")}
-    pretrained = base.get("pretrained_by_model", {}).get(hyper["model"]) if hyper["init"] != "scratch" else None
-    fixed = {k: v for k, v in base.items() if k != "pretrained_by_model"}
+    """The TrainConfig of a Tune trial: the study's shared fields, overridden by each searched field
+    (``SEARCHABLE``) the trial was given."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    searched = {key: _as_field(defaults[key], params[key]) for key in SEARCHABLE if key in params}
+    per_model = ("pretrained_by_model", "memory_share_by_model")  # the study's per-model values, not fields
+    fixed = {k: v for k, v in base.items() if k not in per_model}
+    merged = {**fixed, **searched}
+    model, init = merged.get("model", defaults["model"]), merged.get("init", defaults["init"])
+    pretrained = base.get("pretrained_by_model", {}).get(model) if init != "scratch" else None
+    share = base.get("memory_share_by_model", {}).get(model, merged.get("device_memory_share", 1.0))
     seed = int(params.get("seed", fixed.get("seed", 0)))
-    return TrainConfig.from_dict({**fixed, **hyper, "lr": float(hyper["lr"]), "gamma": float(hyper["gamma"]),
-                                  "seed": seed, "pretrained": pretrained})
+    return TrainConfig.from_dict({**merged, "seed": seed, "pretrained": pretrained, "device_memory_share": share})
+
+
+def _as_field(default: Any, value: Any) -> Any:
+    """A sampled value as the field's type: Tune's randint gives numpy integers, a choice may give 1 for 1.0."""
+    value = value.item() if hasattr(value, "item") else value
+    return float(value) if isinstance(default, float) and isinstance(value, (int, float)) else value
 
 
 def record_permanent_error(experiment: str, trial_id: str, exc: BaseException) -> str:

@@ -13,6 +13,7 @@ from sklearn.metrics import roc_auc_score
 from torchmetrics.classification import MulticlassJaccardIndex
 
 from analysis import report
+from analysis import score as analysis_score
 from analysis.load import load_experiment, trial_table
 from analysis.score import load_model, roc_curves
 from study.metrics import SegMetric
@@ -151,3 +152,152 @@ def test_errored_trials_are_counted_and_listed(demo_study: Path, toy_root: Path,
     tests = pd.read_csv(tmp_path / "out" / "test_summary.csv")  # seeds counts the seeds evaluated, not chosen
     assert tests.loc[(tests["model"] == "segformer") & (tests["strategy"] == strategy), "seeds"].item() == 0
     assert f"(trial {unevaluated}): not evaluated" in text
+
+
+# The report at K classes (issue 19, part 6): the figure functions on made-up arrays, no training.
+
+def _synthetic(classes: int, pixels: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Targets of skewed class frequencies, softmax probabilities that favour them, and the confusion matrix."""
+    rng = np.random.default_rng(seed)
+    targets = rng.choice(classes, pixels, p=rng.dirichlet(np.full(classes, 0.5)))
+    logits = rng.normal(size=(pixels, classes))
+    logits[np.arange(pixels), targets] += rng.uniform(0, 3, classes)[targets]
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    confusion = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(confusion, (targets, probabilities.argmax(1)), 1)
+    return targets, probabilities, confusion
+
+
+def _result(confusion: np.ndarray, names: list[str]) -> dict:
+    """A metrics.json's per-class part (analysis.score.metrics_dict) from a confusion matrix."""
+    metric = SegMetric(len(names))
+    metric.confusion = torch.as_tensor(confusion)
+    return analysis_score.metrics_dict(metric, names)
+
+
+def test_the_confusion_matrix_at_150_classes_shows_the_20_most_frequent(tmp_path: Path) -> None:
+    from analysis import figures
+
+    names = [f"class {k}" for k in range(150)]
+    _, _, confusion = _synthetic(150, 20_000)
+    shown, labels = figures.summarise_confusion(confusion, names)
+    frequent = np.argsort(-confusion.sum(axis=1), kind="stable")[:20]
+    assert labels[:20] == [names[k] for k in frequent] and labels[20] == "other (130 classes)"
+    assert confusion[frequent].sum(axis=1).min() >= np.delete(confusion, frequent, axis=0).sum(axis=1).max()
+    assert shown.shape == (21, 21) and shown.sum() == confusion.sum()
+    np.testing.assert_array_equal(shown[:20].sum(axis=1), confusion[frequent].sum(axis=1))  # rows keep every pixel
+    np.testing.assert_array_equal(shown[:20, :20], confusion[np.ix_(frequent, frequent)])
+    png = figures.confusion_figure(confusion, names, "K=150", tmp_path / "confusion")
+    assert png.stat().st_size > 1000 and list(pd.read_csv(tmp_path / "confusion.csv")["true_class"]) == labels
+    sparse = np.zeros_like(confusion)  # a class without true pixels is never among the most frequent
+    sparse[[4, 9, 2], [4, 9, 7]] = [5, 9, 1]
+    assert figures.summarise_confusion(sparse, names)[1] == ["class 9", "class 4", "class 2", "other (147 classes)"]
+    small = confusion[:3, :3]  # up to 20 classes: every class, in class order, as before
+    assert figures.summarise_confusion(small, names[:3])[1] == names[:3]
+    figures.confusion_figure(small, names[:3], "K=3", tmp_path / "confusion3")
+    assert list(pd.read_csv(tmp_path / "confusion3.csv")["true_class"]) == names[:3]
+
+
+@pytest.mark.parametrize("classes", [3, 150])
+def test_the_per_class_iou_table_has_every_class_sorted_with_its_frequency(classes: int, tmp_path: Path) -> None:
+    from analysis import figures
+
+    names = [f"class {k}" for k in range(classes)]
+    _, _, confusion = _synthetic(classes, 5_000)
+    confusion[-1] = 0  # one class absent from targets and predictions: no IoU, listed last
+    confusion[:, -1] = 0
+    result = _result(confusion, names)
+    frame = analysis_score.per_class_frame(result)
+    assert sorted(frame["class"]) == sorted(names) and frame["class"].iloc[-1] == names[-1]
+    scored = frame["iou"].notna()
+    assert frame["iou"][scored].is_monotonic_decreasing and not scored[scored.idxmin():].any()  # absent ones last
+    assert frame.set_index("class")["pixels"].to_dict() == dict(zip(names, confusion.sum(axis=1).tolist(),
+                                                                      strict=True))
+    assert frame["frequency"].sum() == pytest.approx(1.0)
+    assert figures.per_class_iou_figure(frame, f"K={classes}", tmp_path / "iou").stat().st_size > 1000
+    worse = _result(np.diag(np.diag(confusion)) // 2 + confusion // 2, names)  # a second configuration
+    table = report.per_class_table({"B": worse, "A": result})
+    best = "A" if result["miou"] >= worse["miou"] else "B"
+    assert list(table.columns[:4]) == ["class", "pixels", "frequency", best] and len(table) == classes
+    section = report._per_class_section(table)
+    body = [line for line in section if line.startswith("| ") and not line.startswith(("| class |", "| --- |"))]
+    assert len(body) == classes and body[0].startswith(f"| {table['class'].iloc[0]} |")
+
+
+def test_roc_beyond_six_classes_gives_the_averages_and_the_five_worst(tmp_path: Path) -> None:
+    from sklearn.preprocessing import label_binarize
+
+    from analysis import figures
+
+    names = [f"class {k}" for k in range(150)]
+    targets, probabilities, _ = _synthetic(150, 3_000)
+    curves = roc_curves(probabilities, targets, names)
+    averages = analysis_score.average_roc(probabilities, targets, curves)
+    scored = {n: c["auc"] for n, c in curves.items() if c["auc"] is not None}
+    assert averages["macro"]["auc"] == pytest.approx(np.mean(list(scored.values())))
+    present = np.unique(targets)  # every pixel pooled (3,000 x 150 pairs is under the cap): sklearn's micro AUC
+    assert 1 < len(present) < 150 and len(scored) == len(present)  # over the classes present, as the macro
+    micro = roc_auc_score(label_binarize(targets, classes=present), probabilities[:, present], average="micro")
+    assert averages["micro"]["auc"] == pytest.approx(micro, abs=1e-9)
+    capped = analysis_score.average_roc(probabilities, targets, curves, max_values=len(present) * 500)
+    assert capped["micro"]["pixels"] == 500
+    figures.roc_figure(curves, "K=150", tmp_path / "roc", figures.class_palette(names), averages)
+    plotted = list(dict.fromkeys(pd.read_csv(tmp_path / "roc.csv")["class"]))
+    worst = sorted(scored, key=scored.get)[:5]
+    assert plotted == ["macro average", "micro average"] + [f"worst {k + 1}: {n}" for k, n in enumerate(worst)]
+    few = roc_curves(probabilities[:, :3] / probabilities[:, :3].sum(1, keepdims=True), targets % 3, names[:3])
+    figures.roc_figure(few, "K=3", tmp_path / "roc3", figures.class_palette(names[:3]),
+                       analysis_score.average_roc(probabilities[:, :3], targets % 3, few))
+    assert list(dict.fromkeys(pd.read_csv(tmp_path / "roc3.csv")["class"])) == names[:3]  # every class, as before
+
+
+def test_the_roc_subsample_is_drawn_on_the_device_before_the_softmax() -> None:
+    logits = torch.randn(2, 150, 16, 16)
+    targets = torch.randint(0, 150, (2, 16, 16))
+    targets[:, :4] = 255
+    every = analysis_score._Collector(1.0, set())
+    every(torch.arange(2), logits, targets)
+    labelled = targets != 255
+    torch.testing.assert_close(every.probabilities[0], logits.softmax(1).permute(0, 2, 3, 1)[labelled])
+    assert torch.equal(every.targets[0], targets[labelled])
+    part = analysis_score._Collector(0.25, {1})
+    part(torch.arange(2), logits, targets)
+    kept = len(part.targets[0])
+    assert 0 < kept < labelled.sum() / 2 and part.probabilities[0].shape == (kept, 150)
+    assert (part.targets[0] != 255).all() and set(part.predictions) == {1}
+
+
+def test_masks_use_the_task_palette_and_name_only_the_classes_shown(tmp_path: Path, monkeypatch) -> None:
+    from analysis import figures
+    from study.data.sources import CITYSCAPES_TRAIN_CLASSES, PETS_CLASSES
+
+    names = [f"class {k}" for k in range(150)]
+    palette = figures.class_palette(names)
+    assert len(np.unique(palette, axis=0)) == 150  # a fixed map, a distinct colour per class
+    np.testing.assert_array_equal(palette, figures.class_palette(names))
+    assert palette[15].tolist() == [192, 128, 128]  # Pascal VOC's "person"
+    assert figures.class_palette(PETS_CLASSES)[0].tolist() == list(figures.PETS_COLOURS["pet"])
+    assert figures.class_palette(CITYSCAPES_TRAIN_CLASSES)[0].tolist() == [128, 64, 128]  # Cityscapes' road
+    own = np.arange(9, dtype=np.uint8).reshape(3, 3)
+    np.testing.assert_array_equal(figures.class_palette(["a", "b", "c"], own), own)
+    ignored = figures.colorize(np.array([[255]]), palette)[0, 0]
+    assert not (palette == ignored).all(axis=1).any()  # class 0 is black here: ignored pixels are not
+    legends = []
+    save = figures._save
+
+    def keep_legend(fig, stem, data):
+        boxes = fig.legends + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+        legends.append([text.get_text() for box in boxes for text in box.get_texts()])
+        return save(fig, stem, data)
+
+    monkeypatch.setattr(figures, "_save", keep_legend)
+    rng = np.random.default_rng(0)
+    targets = rng.choice([3, 40, 149], (2, 8, 8)).astype(np.uint8)
+    targets[:, 0] = 255
+    preds = np.where(targets == 255, 7, targets).astype(np.uint8)
+    images = rng.integers(0, 255, (2, 8, 8, 3), dtype=np.uint8)
+    png = figures.masks_figure(images, targets, preds, ["a.png", "b.png"], names, "K=150", tmp_path / "masks")
+    assert png.stat().st_size > 1000
+    assert legends[-1] == ["class 3", "class 7", "class 40", "class 149", "(ignored)"]
+    figures.dataset_samples(images, targets, ["a.png", "b.png"], names, "samples", tmp_path / "samples")
+    assert legends[-1] == ["class 3", "class 40", "class 149", "(ignored)"]

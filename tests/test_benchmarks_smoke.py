@@ -1,6 +1,7 @@
 """The GPU benchmark script must run where Ray is not installed: run its CPU quick path with Ray blocked.
 
-This checks that the script works end to end and imports no Ray; it asserts no speed.
+This checks that the script works end to end, imports no Ray and reports the yardstick (FLOPs per image,
+TFLOP/s, MFU) for the loop and every step variant; it asserts no speed.
 """
 
 import json
@@ -20,4 +21,13 @@ def test_gpu_script_runs_without_ray(tmp_path: Path) -> None:
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
-    assert result  # a JSON object with the measurements of the quick run
+    results = result["results"]
+    assert not result["ray_imported"]
+    failed = {k: v for k, v in results.items() if isinstance(v, dict) and "error" in v}
+    assert not failed, failed
+    assert results["peak"]["bf16"]["tflops"] > 0
+    loop = results["fast_loop"]["segformer"]
+    assert set(loop["yardstick"]["segstudy"]) >= {"gflop_per_image", "achieved_tflops", "mfu"}
+    assert loop["yardstick"]["segstudy"]["gflop_per_image"] > 0 and "eager_resident_img_s" in loop
+    steps = results["steps"]["segformer"]["variants"]
+    assert "eager" in steps and all("mfu" in v["yardstick"] for v in steps.values())

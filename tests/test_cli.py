@@ -12,7 +12,7 @@ from PIL import Image
 from analysis import score
 from study import run_trial
 from study.cli import main_guard
-from study.data.sources import open_source
+from study.data.formats import open_source
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,8 @@ from PIL import Image
 from torchvision.datasets import Cityscapes, OxfordIIITPet
 
 from study.data import build_dataset, cache
-from study.data.sources import CITYSCAPES_TRAIN_CLASSES, PETS_CLASSES, open_source
+from study.data.formats import open_source
+from study.data.sources import CITYSCAPES_TRAIN_CLASSES, PETS_CLASSES
 from study.data.toy import write_toy
 from study.errors import DataError
 

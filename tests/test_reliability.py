@@ -133,7 +133,7 @@ def test_many_early_stops_finish_without_deadlock(ray_cluster: str, toy_root: Pa
 
 
 def _first_val_label(root: Path) -> Path:
-    from study.data.sources import open_source
+    from study.data.formats import open_source
 
     return open_source("pets", "val", root).label_files[0]
 
@@ -141,7 +141,7 @@ def _first_val_label(root: Path) -> Path:
 @pytest.mark.parametrize("breakage", ["truncated_jpeg", "trimap_values", "size_mismatch"])
 def test_broken_files_stop_the_study_before_ray_starts(breakage: str, toy_copy: Path, tmp_path: Path, capsys) -> None:
     from study import run
-    from study.data.sources import open_source
+    from study.data.formats import open_source
 
     source = open_source("pets", "val", toy_copy)
     image, label = source.image_files[0], source.label_files[0]

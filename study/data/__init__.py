@@ -1,10 +1,12 @@
-"""Datasets: Oxford-IIIT Pet and Cityscapes through torchvision, decoded and resized once.
+"""Datasets in five formats (``study.data.formats``: pets, cityscapes, voc, ade20k, folder), decoded and
+resized once.
 
-``build_dataset(name, split, root, image_size)`` returns a ``SegDataset`` holding the
-decoded uint8 tensors ``.images`` (N, 3, H, W) and ``.masks`` (N, H, W): the train loop
-moves a whole split to its device once and cuts batches there (flips and normalisation
-happen on the device too, ``study.data.transforms``). Indexing gives one normalised
-``(image, mask)`` pair, for use with a ``DataLoader``.
+``build_dataset(name, split, root, image_size, labels=...)`` returns a ``SegDataset`` holding the
+decoded uint8 tensors ``.images`` (N, 3, H, W) and ``.masks`` (N, H, W), memory-mapped from the cache:
+the train loop moves a split to its device once and cuts batches there, or, when it does not fit the
+trial's share of GPU memory, streams it batch by batch (``study.data.stream``); flips and normalisation
+happen on the device (``study.data.transforms``). Indexing gives one normalised ``(image, mask)`` pair,
+for use with a ``DataLoader``.
 """
 
 from __future__ import annotations
@@ -15,15 +17,18 @@ import torch
 
 from study.config import parse_image_size
 from study.data.cache import load_or_build
-from study.data.sources import IGNORE_INDEX, open_source
+from study.data.formats import DEFAULT_LABELS, Labels, open_source
+from study.data.sources import IGNORE_INDEX
 from study.data.transforms import normalize
+
+__all__ = ["Labels", "SegDataset", "build_dataset"]
 
 
 class SegDataset(torch.utils.data.Dataset):
     """A decoded, resized split held as uint8 tensors."""
 
     def __init__(self, name: str, split: str, images: torch.Tensor, masks: torch.Tensor, files: list[str],
-                 class_names: tuple[str, ...]) -> None:
+                 class_names: tuple[str, ...], class_pixels: torch.Tensor | None = None) -> None:
         self.name = name
         self.split = split
         self.images = images
@@ -32,6 +37,14 @@ class SegDataset(torch.utils.data.Dataset):
         self.class_names = tuple(class_names)
         self.num_classes = len(self.class_names)
         self.ignore_index = IGNORE_INDEX
+        self._class_pixels = class_pixels
+
+    @property
+    def class_pixels(self) -> torch.Tensor:
+        """Labelled pixels per class (int64, K), counted when the cache was built (class weights, frequencies)."""
+        if self._class_pixels is None:  # a cache file from before the counts were kept
+            self._class_pixels = torch.bincount(self.masks.flatten().long(), minlength=256)
+        return self._class_pixels[: self.num_classes]
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -42,9 +55,11 @@ class SegDataset(torch.utils.data.Dataset):
 
 
 def build_dataset(name: str, split: str, root: str | Path, image_size: int | str | tuple[int, int] = 64,
-                  cache_dir: str | Path | None = None, download: bool = False) -> SegDataset:
-    """Open ``name``'s ``split`` under ``root`` through torchvision, decoded via the on-disk cache."""
+                  cache_dir: str | Path | None = None, download: bool = False,
+                  labels: Labels = DEFAULT_LABELS) -> SegDataset:
+    """Open ``name``'s ``split`` under ``root`` with the task's ``labels``, decoded via the on-disk cache."""
     size = parse_image_size(image_size)
-    source = open_source(name, split, root, download=download)
+    source = open_source(name, split, root, download=download, labels=labels)
     data = load_or_build(source, size, cache_dir)
-    return SegDataset(name, split, data["images"], data["masks"], data["files"], source.class_names)
+    return SegDataset(name, split, data["images"], data["masks"], data["files"], source.class_names,
+                      data.get("class_pixels"))

@@ -2,8 +2,9 @@
 
 The cache lives outside the data root (which may be read-only): ``--cache-dir``,
 else ``$SEGSTUDY_CACHE``, else ``$XDG_CACHE_HOME/segstudy`` (``~/.cache/segstudy``).
-The file name carries a hash of the dataset name, split, image size and every
-source file's path, size and mtime, so a changed file list or size builds anew.
+The file name carries a hash of the dataset name, split, image size, the label mapping (class list,
+ignore value, reduce_zero_label) and every source file's path, size and mtime, so a changed file list,
+size or class mapping builds anew.
 Every file is validated while the cache is built, so broken data stops a run
 before any training starts.
 """
@@ -22,8 +23,8 @@ import torch
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from study.data.sources import Source
 from segmodels.files import atomic_torch_save
+from study.data.sources import Source
 from study.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,8 @@ def cache_key(source: Source, image_size: tuple[int, int]) -> str:
         except OSError:
             raise DataError(f"{path}: missing or unreadable") from None
         files.append((str(path.resolve()), stat.st_size, stat.st_mtime_ns))
-    payload = {"format": CACHE_FORMAT, "name": source.name, "split": source.split, "size": list(image_size), "files": files}
+    payload = {"format": CACHE_FORMAT, "name": source.name, "split": source.split, "size": list(image_size),
+               "mapping": source.mapping, "files": files}
     return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:20]
 
 
@@ -56,26 +58,30 @@ def load_or_build(source: Source, image_size: tuple[int, int], cache_dir: str | 
     path = cache_dir / f"{source.name}-{source.split}-{height}x{width}-{cache_key(source, image_size)}.pt"
     if path.is_file():
         try:
-            return torch.load(path, weights_only=True)
+            return torch.load(path, mmap=True, weights_only=True)  # paged in as read (study.data.stream)
         except Exception as exc:  # a truncated or foreign cache file is rebuilt, not trusted
             log.warning("rebuilding unreadable cache file %s (%s)", path, exc)
-    log.info("decoding %d %s/%s images at %dx%d into %s", len(source.indices), source.name, source.split, height, width, path)
+    log.info("decoding %d %s/%s images at %dx%d into %s", len(source.indices), source.name, source.split, height,
+             width, path)
     data = build(source, image_size)
     try:
         atomic_torch_save(data, path)
     except OSError as exc:
-        raise DataError(f"--cache-dir {cache_dir}: cannot write the dataset cache ({exc}); set --cache-dir or SEGSTUDY_CACHE to a writable folder") from None
-    return data
+        raise DataError(f"--cache-dir {cache_dir}: cannot write the dataset cache ({exc}); set --cache-dir or "
+                        "SEGSTUDY_CACHE to a writable folder") from None
+    return torch.load(path, mmap=True, weights_only=True)  # the file's pages, not a second copy in RAM
 
 
 def build(source: Source, image_size: tuple[int, int]) -> dict:
     workers = min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pairs = list(pool.map(lambda k: _decode(source, k, image_size), range(len(source.indices))))
+    masks = torch.stack([mask for _, mask in pairs])
     return {
         "images": torch.stack([image for image, _ in pairs]),
-        "masks": torch.stack([mask for _, mask in pairs]),
+        "masks": masks,
         "files": [str(p) for p in source.image_files],
+        "class_pixels": torch.bincount(masks.flatten().long(), minlength=256),  # 255: ignored
     }
 
 
@@ -92,7 +98,9 @@ def _decode(source: Source, k: int, image_size: tuple[int, int]) -> tuple[torch.
     except Exception as exc:
         raise DataError(f"{label_file}: cannot read label image ({exc})") from None
     if label_array.ndim != 2:
-        raise DataError(f"{label_file}: expected a single-channel label image, got shape {label_array.shape}")
+        kind = "an RGB(A) mask" if label_array.ndim == 3 else f"shape {label_array.shape}"
+        raise DataError(f"{label_file}: {kind}, expected a single-channel PNG of class indices (a colour-coded "
+                        "mask must be converted to indices first)")
     if label_array.shape != (image.height, image.width):
         raise DataError(
             f"{label_file}: label size {label_array.shape[1]}x{label_array.shape[0]} differs from its image "

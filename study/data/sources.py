@@ -1,22 +1,21 @@
-"""The two datasets, read through torchvision's own loaders.
+"""The datasets read through torchvision's own loaders: Oxford-IIIT Pet, Cityscapes and Pascal VOC 2012.
 
-Each source turns (root, split) into a torchvision dataset plus the order in
-which to read it and a function that maps a decoded label image to class ids.
-Nothing here resizes or caches: see ``study.data.cache``.
+Each source turns (root, split) into a torchvision dataset plus the order in which to read it and a
+function that maps a decoded label image to class ids. Nothing here resizes or caches (``study.data.cache``);
+the registry of formats, with the task's class list and label mapping, is ``study.data.formats``.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
-from torchvision.datasets import Cityscapes, OxfordIIITPet
+from torchvision.datasets import Cityscapes, OxfordIIITPet, VOCSegmentation
 
-from study.config import SPLITS
 from study.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -26,7 +25,11 @@ VAL_FRACTION = 0.1
 VAL_SPLIT_SEED = 0  # fixed: every trial of every study validates on the same images
 
 PETS_CLASSES = ("pet", "background", "boundary")
-CITYSCAPES_TRAIN_CLASSES = tuple(c.name for c in sorted(Cityscapes.classes, key=lambda c: c.train_id) if 0 <= c.train_id < 255)
+CITYSCAPES_TRAIN_CLASSES = tuple(c.name for c in sorted(Cityscapes.classes, key=lambda c: c.train_id)
+                                 if 0 <= c.train_id < 255)
+VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+               "tvmonitor")
 CITYSCAPES_DOWNLOAD_HELP = (
     "Cityscapes cannot be downloaded automatically: register at https://www.cityscapes-dataset.com, "
     "download leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip and unpack both into"
@@ -35,7 +38,11 @@ CITYSCAPES_DOWNLOAD_HELP = (
 
 @dataclass
 class Source:
-    """A torchvision dataset and how to read it: which indices, which files, how to map labels."""
+    """A torchvision dataset and how to read it: which indices, which files, how to map labels.
+
+    ``mapping`` describes the label mapping as plain values; the cache key covers it, so a changed
+    class list or ignore rule decodes anew.
+    """
 
     name: str
     split: str
@@ -45,6 +52,15 @@ class Source:
     label_files: list[Path]
     class_names: tuple[str, ...]
     label_to_class: Callable[[np.ndarray, Path], np.ndarray]
+    mapping: dict[str, Any] = field(default_factory=dict)
+
+
+def seeded_split(count: int, split: str) -> list[int]:
+    """``val``: a seeded 10 % of ``count`` items; ``train``: the rest (sorted indices, the same every run)."""
+    order = np.random.default_rng(VAL_SPLIT_SEED).permutation(count)
+    n_val = max(1, round(VAL_FRACTION * count))
+    chosen = order[:n_val] if split == "val" else order[n_val:]
+    return sorted(int(i) for i in chosen)
 
 
 def pets_source(root: str | Path, split: str, download: bool = False) -> Source:
@@ -62,13 +78,9 @@ def pets_source(root: str | Path, split: str, download: bool = False) -> Source:
             f"pass --download to fetch it when online) [{exc}]"
         ) from None
     except (OSError, ValueError) as exc:
-        raise DataError(f"{root / 'oxford-iiit-pet' / 'annotations' / (official + '.txt')}: cannot read the split list: {exc}") from None
-    indices = list(range(len(dataset)))
-    if split in ("train", "val"):
-        order = np.random.default_rng(VAL_SPLIT_SEED).permutation(len(dataset))
-        n_val = max(1, round(VAL_FRACTION * len(dataset)))
-        chosen = order[:n_val] if split == "val" else order[n_val:]
-        indices = sorted(int(i) for i in chosen)
+        raise DataError(f"{root / 'oxford-iiit-pet' / 'annotations' / (official + '.txt')}: cannot read the split "
+                        f"list: {exc}") from None
+    indices = seeded_split(len(dataset), split) if split in ("train", "val") else list(range(len(dataset)))
     return Source(
         name="pets",
         split=split,
@@ -135,20 +147,49 @@ def cityscapes_source(root: str | Path, split: str) -> Source:
     )
 
 
-def open_source(name: str, split: str, root: str | Path, download: bool = False) -> Source:
-    if split not in SPLITS:
-        raise DataError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")
+def voc_source(root: str | Path, split: str, download: bool = False) -> Source:
+    """Pascal VOC 2012 segmentation (``ROOT/VOCdevkit/VOC2012``): PNG palette masks of class indices, 255 on
+    void and object borders. ``test`` is the official ``val`` list (the official test labels are withheld);
+    ``val`` a seeded 10 % of the official ``train`` list, ``train`` the rest, so the split that chooses a
+    configuration never tests it."""
     root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"--data-root {root}: not a folder (expected {root}/oxford-iiit-pet and/or {root}/cityscapes)")
-    if name == "pets":
-        source = pets_source(root, split, download=download)
-    elif name == "cityscapes":
-        source = cityscapes_source(root, split)
-    else:
-        from study.errors import ConfigError
+    official = "val" if split == "test" else "train"
+    try:
+        dataset = VOCSegmentation(str(root), year="2012", image_set=official, download=download)
+    except RuntimeError:
+        raise DataError(
+            f"{root / 'VOCdevkit' / 'VOC2012'}: Pascal VOC 2012 not found (expected JPEGImages/, SegmentationClass/ "
+            f"and ImageSets/Segmentation/{official}.txt there; pass --download to fetch it when online)"
+        ) from None
+    except OSError as exc:
+        raise DataError(f"{root / 'VOCdevkit' / 'VOC2012' / 'ImageSets' / 'Segmentation' / (official + '.txt')}: "
+                        f"cannot read the split list: {exc}") from None
+    indices = seeded_split(len(dataset), split) if split != "test" else list(range(len(dataset)))
+    return Source(
+        name="voc",
+        split=split,
+        dataset=dataset,
+        indices=indices,
+        image_files=[Path(dataset.images[i]) for i in indices],
+        label_files=[Path(dataset.masks[i]) for i in indices],
+        class_names=VOC_CLASSES,
+        label_to_class=class_indices,
+    )
 
-        raise ConfigError(f"--dataset: expected pets or cityscapes, got {name!r}")
-    if not source.indices:
-        raise DataError(f"--data-root {root}: the {name} '{split}' split is empty")
-    return source
+
+def class_indices(label: np.ndarray, path: Path) -> np.ndarray:
+    """A mask that already holds class indices (a palette PNG counts by its indices): kept as it is."""
+    return label
+
+
+def voc_palette(count: int = 256) -> list[int]:
+    """Pascal VOC's colour map (the devkit's bit-interleaving rule), flat RGB for ``Image.putpalette``."""
+    palette = []
+    for index in range(count):
+        r = g = b = 0
+        c = index
+        for shift in range(7, -1, -1):
+            r, g, b = r | ((c >> 0) & 1) << shift, g | ((c >> 1) & 1) << shift, b | ((c >> 2) & 1) << shift
+            c >>= 3
+        palette += [r, g, b]
+    return palette

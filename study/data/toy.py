@@ -1,11 +1,11 @@
-"""Write small synthetic Pets- and Cityscapes-like data in the datasets' real on-disk layouts.
+"""Write small synthetic data in the datasets' real on-disk layouts: Pets, Cityscapes, and (for a user's own
+task) the ``folder`` layout, Pascal VOC 2012 and ADE20K.
 
-The very same torchvision loaders read it, so the demo and the tests exercise the
-real loading code. Images are simple but learnable: a pet is a warm-coloured
-blob on a cool textured background, bordered by a thin boundary band; a street
-scene is sky over buildings over road, with cars and vegetation.
+The very same loaders read it, so the demo and the tests exercise the real loading code. Images are
+simple but learnable: a pet is a warm-coloured blob on a cool textured background, bordered by a thin
+boundary band; a street scene is sky over buildings over road, with cars and vegetation.
 
-    python -m study.data.toy --root data/toy
+    python -m study.data.toy --root data/toy [--formats pets,cityscapes,folder,voc,ade20k]
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from study.data.sources import voc_palette
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +28,8 @@ CITY_COLOURS = {0: (0, 0, 0), 7: (128, 64, 128), 8: (230, 35, 200), 11: (70, 70,
 CITY_SPLITS = {"train": ("aachen", "bremen"), "val": ("frankfurt",)}
 
 
-def _noisy(rng: np.random.Generator, shape: tuple[int, int], colour: tuple[int, int, int], spread: float = 18.0) -> np.ndarray:
+def _noisy(rng: np.random.Generator, shape: tuple[int, int], colour: tuple[int, int, int],
+           spread: float = 18.0) -> np.ndarray:
     base = np.asarray(colour, dtype=np.float32) + rng.normal(0, 25, size=3)
     return base + rng.normal(0, spread, size=(*shape, 3))
 
@@ -103,19 +106,98 @@ def write_cityscapes(root: Path, n_train: int, n_val: int, rng: np.random.Genera
             label.save(label_dir / f"{stem}_gtFine_labelIds.png")
 
 
-def write_toy(root: str | Path, seed: int = 0, pets: tuple[int, int] = (80, 24), cityscapes: tuple[int, int] = (24, 8)) -> Path:
-    """Write both toy datasets under ``root`` (deterministic for a given seed); returns ``root``."""
+# The folder toy's classes: street labelIds -> class index (void -> 255, everything else background).
+FOLDER_CLASSES = ("background", "road", "sidewalk", "car")
+_STREET_TO_FOLDER = {0: 255, 7: 1, 8: 2, 26: 3}
+# ...and the ADE20K SceneParsing ids of the same scene (0 is "other", ignored with reduce_zero_label).
+_STREET_TO_ADE20K = {0: 0, 7: 7, 8: 12, 11: 2, 21: 5, 23: 3, 26: 21}
+
+
+def _street_classes(label: np.ndarray, table: dict[int, int], default: int) -> np.ndarray:
+    out = np.full(label.shape, default, dtype=np.uint8)
+    for label_id, class_id in table.items():
+        out[label == label_id] = class_id
+    return out
+
+
+def write_folder(root: Path, counts: dict[str, int], rng: np.random.Generator,
+                 size: tuple[int, int] = (64, 96)) -> None:
+    """``root/images/<split>/<stem>.{jpg,png}`` and ``root/annotations/<split>/<stem>.png`` (class indices)."""
+    for split, count in counts.items():
+        for k in range(count):
+            image, label = street_pair(rng, *size)
+            stem = f"{split}_{k:04d}"
+            (root / "images" / split).mkdir(parents=True, exist_ok=True)
+            (root / "annotations" / split).mkdir(parents=True, exist_ok=True)
+            image.save(root / "images" / split / f"{stem}.{'jpg' if k % 2 else 'png'}")  # both image kinds
+            mask = _street_classes(np.asarray(label), _STREET_TO_FOLDER, 0)
+            Image.fromarray(mask).save(root / "annotations" / split / f"{stem}.png")
+
+
+def write_voc(root: Path, counts: dict[str, int], rng: np.random.Generator) -> None:
+    """``root/VOCdevkit/VOC2012``: JPEGImages, palette-PNG SegmentationClass (cat 8 or dog 12, 255 on the
+    object border, as VOC marks its borders) and ImageSets/Segmentation/{train,val}.txt."""
+    base = root / "VOCdevkit" / "VOC2012"
+    for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (base / folder).mkdir(parents=True, exist_ok=True)
+    number = 0
+    for split, count in counts.items():
+        names = []
+        for k in range(count):
+            number += 1
+            name = f"2007_{number:06d}"
+            image, trimap = pet_pair(rng)
+            trimap = np.asarray(trimap)
+            mask = np.where(trimap == 1, 8 if k % 2 else 12, 0).astype(np.uint8)
+            mask[trimap == 3] = 255
+            png = Image.fromarray(mask, mode="P")
+            png.putpalette(voc_palette())
+            image.save(base / "JPEGImages" / f"{name}.jpg", quality=92)
+            png.save(base / "SegmentationClass" / f"{name}.png")
+            names.append(name)
+        (base / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(names) + "\n")
+
+
+def write_ade20k(root: Path, counts: dict[str, int], rng: np.random.Generator) -> None:
+    """``root/ADEChallengeData2016/{images,annotations}/{training,validation}``: labels 1..150, 0 for "other"."""
+    base = root / "ADEChallengeData2016"
+    for split, count in counts.items():
+        for folder in ("images", "annotations"):
+            (base / folder / split).mkdir(parents=True, exist_ok=True)
+        kind = "train" if split == "training" else "val"
+        for k in range(count):
+            image, label = street_pair(rng, 64, 96)
+            stem = f"ADE_{kind}_{k + 1:08d}"
+            image.save(base / "images" / split / f"{stem}.jpg", quality=92)
+            Image.fromarray(_street_classes(np.asarray(label), _STREET_TO_ADE20K, 0)).save(
+                base / "annotations" / split / f"{stem}.png")
+
+
+OWN_TASK_TOYS = {  # the formats a user's own task comes in (the folder toy in root/folder: it has no top folder)
+    "folder": lambda root, rng: write_folder(root / "folder", {"train": 32, "val": 8, "test": 8}, rng),
+    "voc": lambda root, rng: write_voc(root, {"train": 32, "val": 8}, rng),
+    "ade20k": lambda root, rng: write_ade20k(root, {"training": 32, "validation": 8}, rng),
+}
+TOY_FORMATS = ("pets", "cityscapes", *OWN_TASK_TOYS)
+
+
+def write_toy(root: str | Path, seed: int = 0, pets: tuple[int, int] = (80, 24), cityscapes: tuple[int, int] = (24, 8),
+              formats: tuple[str, ...] = ("pets", "cityscapes")) -> Path:
+    """Write the toy datasets of ``formats`` under ``root`` (deterministic for a given seed); returns ``root``."""
     root = Path(root)
     rng = np.random.default_rng(seed)
-    write_pets(root, *pets, rng)
-    write_cityscapes(root, *cityscapes, rng)
-    log.info("wrote toy Oxford-IIIT Pet and Cityscapes data under %s", root)
+    writers = {"pets": lambda r, g: write_pets(r, *pets, g),
+               "cityscapes": lambda r, g: write_cityscapes(r, *cityscapes, g), **OWN_TASK_TOYS}
+    for name in formats:
+        writers[name](root, rng)
+    log.info("wrote toy %s data under %s", ", ".join(formats), root)
     return root
 
 
 def toy_exists(root: str | Path) -> bool:
     root = Path(root)
-    return (root / "oxford-iiit-pet" / "annotations" / "test.txt").is_file() and (root / "cityscapes" / "gtFine" / "val").is_dir()
+    return ((root / "oxford-iiit-pet" / "annotations" / "test.txt").is_file()
+            and (root / "cityscapes" / "gtFine" / "val").is_dir())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,8 +206,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="python -m study.data.toy", description=__doc__.split("\n")[0])
     parser.add_argument("--root", required=True, help="folder to write oxford-iiit-pet/ and cityscapes/ into")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--formats", default="pets,cityscapes", help=f"comma-separated, of {', '.join(TOY_FORMATS)}")
     args = parser.parse_args(argv)
-    write_toy(args.root, seed=args.seed)
+    formats = tuple(f for f in args.formats.split(",") if f)
+    unknown = sorted(set(formats) - set(TOY_FORMATS))
+    if unknown:
+        parser.error(f"--formats: unknown {', '.join(unknown)} (expected {', '.join(TOY_FORMATS)})")
+    write_toy(args.root, seed=args.seed, formats=formats)
     return 0
 
 

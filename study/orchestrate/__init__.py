@@ -19,7 +19,7 @@ from study import storage
 from study.config import parse_image_size
 from study.errors import StudyInterrupted
 from study.io import csv_text, json_text
-from study.layout import SEARCH_SUMMARY_FILE, STUDY_FILE, SUMMARY_FILE
+from study.layout import CLASS_FREQUENCIES_FILE, SEARCH_SUMMARY_FILE, STUDY_FILE, SUMMARY_FILE
 from study.orchestrate.cluster import (
     DRIVER_RESOURCE,
     autoscaler_capacity,
@@ -37,7 +37,14 @@ from study.orchestrate.tuner import run_tune
 from study.orchestrate.wandb_key import withhold_key
 from study.preflight import preflight
 from study.settings import CONFIRM_SEED_OFFSET, StudySettings
-from study.summary import SUMMARY_COLUMNS, load_history, results_experiment, summary_table, top_configurations
+from study.summary import (
+    SUMMARY_COLUMNS,
+    add_cost,
+    load_history,
+    results_experiment,
+    summary_table,
+    top_configurations,
+)
 
 __all__ = ["DRIVER_RESOURCE", "autoscaler_capacity", "driver_request", "plan_resources", "run_study", "start_ray"]
 
@@ -46,7 +53,7 @@ log = logging.getLogger(__name__)
 
 def run_study(settings: StudySettings) -> pd.DataFrame:
     started = time.monotonic()
-    preflight(settings)
+    class_frequencies = preflight(settings)
     height, width = parse_image_size(settings.image_size)
     say(f"data and encoders checked: {settings.dataset} at {settings.data_root}, {height}x{width} px")
     if settings.wandb:  # before a local Ray starts: it would copy the key into every Ray process's environment
@@ -57,6 +64,8 @@ def run_study(settings: StudySettings) -> pd.DataFrame:
         say(f"Ray {started_here or 'joined'} ({where}); trials run with the {settings.runner} runner")
         check_cluster_resources(settings, announce=say)
         record_settings(settings)
+        storage.write_bytes(storage.join(settings.experiment_dir, CLASS_FREQUENCIES_FILE),
+                            csv_text(class_frequencies, list(class_frequencies[0])).encode())
         recorded = True  # from here on the experiment folder exists: Ray's logs go there too
         pretrained = pretrain_encoders(settings, announce=say)
         trials = expected_trials(settings)
@@ -112,7 +121,7 @@ def write_summary(settings: StudySettings, trials_from: str | None = None, file:
     """``file``: one row per trial of ``trials_from`` (default: the study's results, i.e. its confirm stage
     when it has one), ranked by best val mIoU (``study.summary``, from the files on storage)."""
     trials_from = trials_from or results_experiment(settings.experiment_dir)
-    summary = summary_table(load_history(trials_from, default_seed=settings.seed))
+    summary = add_cost(summary_table(load_history(trials_from, default_seed=settings.seed)), vars(settings))
     storage.write_bytes(storage.join(settings.experiment_dir, file),
                         csv_text(summary.to_dict("records"), SUMMARY_COLUMNS).encode())
     return summary

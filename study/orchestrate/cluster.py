@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+import torch
 import yaml
 
 from study import storage
@@ -223,6 +224,10 @@ def plan_resources(settings: StudySettings, present: dict[str, float], capacity:
         # One-worker trials share a GPU; a DDP trial takes one whole GPU per worker.
         per_trial = SINGLE_WORKER_GPU_SHARE if settings.workers_per_trial == 1 else float(settings.workers_per_trial)
         settings.gpus_per_trial = per_trial if gpus else 0.0
+        if gpus and settings.workers_per_trial == 1 and torch.cuda.is_available():  # sized per model instead
+            settings.gpus_per_model = settings.gpu_shares(torch.cuda.get_device_properties(0).total_memory)
+            settings.gpus_per_trial = min(settings.gpus_per_model.values(), default=per_trial)
+            log.info("GPU share per trial, from each model's estimated peak memory: %s", settings.gpus_per_model)
     if settings.gpus_per_trial > gpus:
         raise ConfigError(f"--gpus-per-trial: {settings.gpus_per_trial} is more than the cluster has ({gpus:g} GPUs)")
     if settings.cpus_per_trial > cpus:

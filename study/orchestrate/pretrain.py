@@ -12,6 +12,7 @@ from study import storage
 from study.config import TrainConfig
 from study.errors import ConfigError
 from study.io import load_checkpoint
+from study.layout import model_slug, pretrained_encoder_file
 from study.orchestrate.runners import run_training
 from study.preflight import encoder_sources, models_to_pretrain
 from study.settings import StudySettings
@@ -30,19 +31,22 @@ def pretrain_encoders(settings: StudySettings, announce=log.info) -> dict[str, s
     """Encoder source per model: given, the default (FCN: torchvision's ImageNet), or pretrained here."""
     sources = dict(encoder_sources(settings))
     for model in models_to_pretrain(settings):
-        encoder_uri = storage.join(settings.experiment_dir, "pretrained", f"{model}_encoder.pt")
+        encoder_uri = pretrained_encoder_file(settings.experiment_dir, model)
         sources[model] = encoder_uri
         if storage.is_file(encoder_uri):
             announce(f"pretraining: reusing the {model} encoder trained earlier ({storage.display(encoder_uri)})")
             continue
         p = settings.pretrain
-        cfg = TrainConfig(dataset=p["dataset"], data_root=settings.data_root, model=model, init="scratch",
+        task = {k: p[k] for k in ("classes", "ignore_index", "reduce_zero_label") if k in p}  # another task's labels
+        cfg = TrainConfig(dataset=p["dataset"], data_root=p.get("data_root", settings.data_root), **task,
+                          model=model, init="scratch",
                           epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], gamma=p["gamma"],
                           image_size=p["image_size"], val_every=settings.val_every, seed=settings.seed,
-                          precision=settings.precision, cache_dir=settings.cache_dir)
+                          precision=settings.precision, cache_dir=settings.cache_dir,
+                          data_placement=settings.data_placement, **settings.speed_options())
         resources = pretrain_resources(settings)
         announce(f"pretraining: {model} on {p['dataset']}, {p['epochs']} epochs, {resources['workers']:g} worker(s)")
-        best = run_training(cfg, f"pretrain-{p['dataset']}-{model}", settings.experiment_dir, resources)
+        best = run_training(cfg, f"pretrain-{p['dataset']}-{model_slug(model)}", settings.experiment_dir, resources)
         if best is None:
             raise ConfigError(f"--storage {settings.storage}: the {model} pretraining run left no checkpoint")
         with tempfile.TemporaryDirectory(prefix="segstudy-encoder-") as tmp:

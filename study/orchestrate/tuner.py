@@ -28,8 +28,12 @@ from study.settings import StudySettings
 
 
 def tune_space(space: dict[str, Any]) -> dict[str, Any]:
-    kinds = {"choice": lambda v: tune.choice(v[0]), "loguniform": lambda v: tune.loguniform(*v),
-             "uniform": lambda v: tune.uniform(*v)}
+    """Ray Tune domains for an Optuna search (``search_spaces.spec``'s entries). OptunaSearch refuses
+    ``tune.grid_search`` (ray/tune/search/optuna), so here a grid axis is a categorical choice; the grid searcher
+    runs a grid's cross product as points instead. A randint includes its high end, as the file says."""
+    kinds = {"choice": lambda v: tune.choice(v[0]), "grid": lambda v: tune.choice(v[0]),
+             "loguniform": lambda v: tune.loguniform(*v), "uniform": lambda v: tune.uniform(*v),
+             "randint": lambda v: tune.randint(v[0], v[1] + 1)}
     return {name: kinds[spec[0]](spec[1:]) for name, spec in space.items()}
 
 
@@ -38,6 +42,8 @@ def trainable(settings: StudySettings, pretrained: dict[str, str]) -> Any:
     base = settings.trial_base(pretrained)
     if settings.runner == "tune":  # the trial process trains: it holds the trial's CPUs and GPU share
         fn = tune.with_parameters(tune_trial, base=base, experiment_dir=settings.experiment_dir)
+        if settings.gpus_per_model:  # each trial's GPU share from its model's estimated peak memory
+            return tune.with_resources(fn, settings.trial_resources)
         return tune.with_resources(fn, {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial or 0})
     resources = {"workers": settings.workers_per_trial, "cpus": settings.cpus_per_trial,
                  "gpus": settings.gpus_per_trial}

@@ -1,0 +1,375 @@
+"""The one grammar of a search space: the built-in presets (``search_spaces/*.yaml``) and a ``--space FILE.yaml``.
+
+A file is YAML with these keys, each optional: a key it gives replaces the preset's (a `space` without `points`
+drops the preset's points, which belong to its space)::
+
+    space:                                  # the searched TrainConfig fields (SEARCHABLE), one of:
+      model: {choice: [segformer, fcn_resnet50]}
+      lr: {loguniform: [1.0e-4, 3.0e-3]}    # also uniform: [lo, hi]; randint: [lo, hi] (both ends included)
+      batch_size: {grid: [16, 32]}          # a grid axis: the grid searcher crosses them, Optuna takes a choice
+      gamma: 0.98                           # one value: fixed
+    points: [{model: segformer, init: scratch, lr: 1.0e-3, gamma: 0.98}]  # run first (a grid: exactly these)
+    searcher: optuna                        # or grid
+    scheduler: {asha: {grace_period: 4, reduction_factor: 2}}            # or none
+    num_samples: 24
+    epochs: 30                              # and dataset, data_root, toy, batch_size, image_size, val_every
+    pretrain: {models: [segformer], dataset: cityscapes, image_size: 64x128, epochs: 30, batch_size: 64,
+               lr: 1.0e-3, gamma: 0.98}     # the study's own encoder pretraining stage, or none; any
+                                            # registered models, on another task with data_root, classes, ...
+
+In memory (what ``StudySettings`` holds) a searched key is ``("choice", [..])``, ``("grid", [..])``,
+``("loguniform", lo, hi)``, ``("uniform", lo, hi)`` or ``("randint", lo, hi)``. Every value is checked by
+``TrainConfig`` itself (so a model is known exactly when ``segmodels`` builds it); a mistake is a ConfigError
+naming the file and the key, before Ray starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from study.config import SEARCHABLE, TrainConfig, parse_image_size
+from study.errors import ConfigError
+
+KINDS = ("choice", "grid", "loguniform", "uniform", "randint")
+RANGES = {"loguniform": float, "uniform": float, "randint": int}  # the field type each range samples
+SEARCHERS = ("optuna", "grid")
+ASHA_KEYS = ("grace_period", "reduction_factor")
+PRETRAIN_KEYS = ("models", "dataset", "image_size", "epochs", "batch_size", "lr", "gamma")
+# A pretraining task other than the study's data root: its root and labels (as a task file names them).
+PRETRAIN_TASK_KEYS = ("data_root", "classes", "ignore_index", "reduce_zero_label")
+# The study-wide TrainConfig fields a file may set (the command line's options of the same names win).
+STUDY_FIELDS = ("dataset", "epochs", "batch_size", "image_size", "val_every")
+FILE_KEYS = ("space", "points", "searcher", "scheduler", "num_samples", "data_root", "toy", *STUDY_FIELDS,
+             "pretrain")
+# What a loaded file holds, flat (the scheduler's parameters are keys of their own): StudySettings' field names.
+PRESET_KEYS = (*[k for k in FILE_KEYS if k != "scheduler"], "scheduler", *ASHA_KEYS)
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-3`` as a string; a space file means the number (as YAML 1.2 does)."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d[\d_]*)?\.?\d*[eE][-+]?\d+$"),
+                              list("-+0123456789."))
+
+
+class _Flow(dict):
+    """A mapping written on one line (``{choice: [a, b]}``), as the files spell a space's entries."""
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+_Dumper.add_representer(_Flow, lambda dumper, data: dumper.represent_mapping("tag:yaml.org,2002:map", data,
+                                                                              flow_style=True))
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """The checked contents of one file, flat as ``PRESET_KEYS`` (only the keys it gives)."""
+    return parse(read(path), str(path))
+
+
+def read(path: str | Path) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"--space {path}: cannot be read ({exc.strerror or exc})") from None
+    return loads(text, str(path))
+
+
+def loads(text: str, source: str) -> dict[str, Any]:
+    """The mapping a file's text holds (not yet checked)."""
+    try:
+        data = yaml.load(text, Loader=_Loader)  # a SafeLoader
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"{source}: not valid YAML ({problem}{where})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys ({', '.join(FILE_KEYS)}), got {type(data).__name__}")
+    return data
+
+
+def parse(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """Check a file's mapping and return it flat, space entries as tuples (the validator of every space)."""
+    _known(source, "", data, FILE_KEYS)
+    out: dict[str, Any] = {}
+    space = _mapping(source, "space", data.get("space", {}))
+    _known(source, "space", space, SEARCHABLE)
+    models = _models(source, data, space)
+    if "space" in data:
+        out["space"] = {key: _entry(source, key, value, models) for key, value in space.items()}
+    if "points" in data:
+        out["points"] = _points(source, data["points"], models)
+    if "searcher" in data:
+        out["searcher"] = _searcher(source, data["searcher"])
+    if "scheduler" in data:
+        out.update(_scheduler(source, data["scheduler"]))
+    if "num_samples" in data:
+        _integer(source, "num_samples", data["num_samples"], 1)
+        out["num_samples"] = data["num_samples"]
+    if "data_root" in data:
+        if not isinstance(data["data_root"], str) or not data["data_root"]:
+            raise ConfigError(f"{source}: data_root: expected a folder or URI, got {data['data_root']!r}")
+        out["data_root"] = data["data_root"]
+    if "toy" in data:
+        if not isinstance(data["toy"], bool):
+            raise ConfigError(f"{source}: toy: expected true or false, got {data['toy']!r}")
+        out["toy"] = data["toy"]
+    fields = {key: data[key] for key in STUDY_FIELDS if key in data}
+    _train_config(source, "", fields, models)
+    out.update(fields)
+    if "pretrain" in data:
+        out["pretrain"] = _pretrain(source, data["pretrain"])
+    return out
+
+
+def overlay(preset: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """A file's values over a preset's: each key it gives wins; a new space drops the preset's points (they
+    belong to the preset's space)."""
+    merged = {**preset, **values}
+    if "space" in values and "points" not in values:
+        merged["points"] = []
+    return merged
+
+
+def resolve(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """What the searcher runs. A grid runs exactly its trials: the points, then the cross product of the space's
+    grid axes (one-value keys join each), so its space becomes ``{}``. Optuna has no grid: there a grid axis
+    is a choice (Ray's OptunaSearch refuses ``tune.grid_search``); its points must lie in the space."""
+    space, points = values.get("space", {}), values.get("points", [])
+    if values.get("searcher", "optuna") == "grid":
+        for key, (kind, *args) in space.items():
+            if kind not in ("grid", "choice") or (kind == "choice" and len(args[0]) > 1):
+                raise ConfigError(f"{source}: space.{key}: a {kind} needs searcher: optuna (the grid searcher runs "
+                                  "the points and the grid axes, {grid: [...]})")
+        if space:
+            axes = [[(key, v) for v in args[0]] for key, (_kind, *args) in space.items()]
+            points = [*points, *(dict(combination) for combination in itertools.product(*axes))]
+        if not points:
+            raise ConfigError(f"{source}: the grid searcher has nothing to run: give points or grid axes")
+        keys = set(points[0])
+        for k, point in enumerate(points):
+            if set(point) != keys or not {"model", "init"} <= keys:
+                raise ConfigError(f"{source}: grid trial {k + 1} {point}: every trial of a grid names the same keys, "
+                                  f"model and init among them ({', '.join(sorted(keys | {'model', 'init'}))})")
+        return {**values, "space": {}, "points": points}
+    if not {"model", "init"} <= set(space):
+        raise ConfigError(f"{source}: space: an Optuna search names model and init (a choice, or one value)")
+    for k, point in enumerate(points):
+        for key, value in point.items():
+            if key not in space:
+                raise ConfigError(f"{source}: points[{k}].{key}: not in the space (searched: {', '.join(space)})")
+            if not _contains(space[key], value):
+                raise ConfigError(f"{source}: points[{k}].{key}: {value!r} lies outside space.{key} "
+                                  f"{to_entry(space[key])}")
+    return values
+
+
+def to_text(values: dict[str, Any]) -> str:
+    """``values`` (flat, as ``PRESET_KEYS``) written back in the file's grammar: what ``--print-space`` shows."""
+    data: dict[str, Any] = {}
+    for key in FILE_KEYS:
+        if key == "scheduler" and "scheduler" in values:
+            asha = {k: values[k] for k in ASHA_KEYS if values.get(k) is not None}
+            data[key] = {"asha": _Flow(asha)} if values["scheduler"] == "asha" else "none"
+        elif key == "pretrain" and key in values and not values[key]:
+            data[key] = "none"
+        elif key == "space" and key in values:
+            data[key] = {name: _Flow(to_entry(entry)) for name, entry in values[key].items()}
+        elif key in values and values[key] is not None:
+            data[key] = list(values[key]) if isinstance(values[key], tuple) else values[key]
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=None, width=120)
+
+
+def to_entry(entry: tuple) -> dict[str, Any]:
+    """``("loguniform", lo, hi)`` -> ``{"loguniform": [lo, hi]}``, as a file spells it."""
+    kind, *args = entry
+    return {kind: list(args[0]) if kind in ("choice", "grid") else list(args)}
+
+
+# --- the checks --------------------------------------------------------------------------------------------
+
+
+def _entry(source: str, key: str, value: Any, models: list[str]) -> tuple:
+    where = f"space.{key}"
+    if not isinstance(value, dict):  # one value: fixed
+        return ("choice", [_value(source, where, key, value, models)])
+    if len(value) != 1 or next(iter(value)) not in KINDS:
+        raise ConfigError(f"{source}: {where}: expected one of {', '.join(f'{{{k}: ...}}' for k in KINDS)} "
+                          f"or one value, got {value!r}")
+    kind, args = next(iter(value.items()))
+    if kind in ("choice", "grid"):
+        if not isinstance(args, list) or not args:
+            raise ConfigError(f"{source}: {where}: a {kind} needs a non-empty list of values, got {args!r}")
+        return (kind, [_value(source, where, key, v, models) for v in args])
+    field_type = _field_type(key)
+    if field_type is not RANGES[kind]:
+        raise ConfigError(f"{source}: {where}: {key} cannot be sampled from a {kind} range; use choice or grid")
+    numbers = int if kind == "randint" else (int, float)
+    if (not isinstance(args, list) or len(args) != 2
+            or not all(isinstance(v, numbers) and not isinstance(v, bool) for v in args)):
+        expected = "integers" if kind == "randint" else "numbers"
+        raise ConfigError(f"{source}: {where}: a {kind} needs [low, high], two {expected}, got {args!r}")
+    low, high = (RANGES[kind](v) for v in args)
+    if kind == "loguniform" and low <= 0:
+        raise ConfigError(f"{source}: {where}: a loguniform's bounds must be > 0, got [{low}, {high}]")
+    if low >= high:
+        raise ConfigError(f"{source}: {where}: a {kind} range needs low < high, got [{low}, {high}]")
+    for bound in (low, high):
+        _value(source, where, key, bound, models)
+    return (kind, low, high)
+
+
+def _value(source: str, where: str, key: str, value: Any, models: list[str]) -> Any:
+    """One searched value, checked by TrainConfig; an image size becomes ``"HxW"`` (Optuna's choices are scalars)."""
+    if key == "image_size":
+        value = _image_size(source, where, value)
+    elif isinstance(value, (list, dict)) or value is None:
+        raise ConfigError(f"{source}: {where}: a searched value is one string or number, got {value!r}")
+    _train_config(source, where, {key: value}, models)
+    return value
+
+
+def _image_size(source: str, where: str, value: Any) -> str:
+    try:
+        height, width = parse_image_size(value)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {where}: {_bare(exc)}") from None
+    return f"{height}x{width}"
+
+
+def _points(source: str, points: Any, models: list[str]) -> list[dict[str, Any]]:
+    if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
+        raise ConfigError(f"{source}: points: expected a list of mappings ({{model: ..., init: ..., lr: ...}}), "
+                          f"got {points!r}")
+    checked = []
+    for k, point in enumerate(points):
+        where = f"points[{k}]"
+        _known(source, where, point, SEARCHABLE)
+        if not {"model", "init"} <= set(point):
+            raise ConfigError(f"{source}: {where}: a point names its model and init, got {point}")
+        checked.append({key: _value(source, f"{where}.{key}", key, v, [point["model"]]) for key, v in point.items()})
+    return checked
+
+
+def _scheduler(source: str, value: Any) -> dict[str, Any]:
+    if value in ("none", None):
+        return {"scheduler": "fifo"}
+    if value == "asha":
+        return {"scheduler": "asha"}
+    if not isinstance(value, dict) or list(value) != ["asha"] or not isinstance(value["asha"] or {}, dict):
+        raise ConfigError(f"{source}: scheduler: expected none, asha or {{asha: {{grace_period: N, "
+                          f"reduction_factor: N}}}}, got {value!r}")
+    params = value["asha"] or {}
+    _known(source, "scheduler.asha", params, ASHA_KEYS)
+    for key, minimum in zip(ASHA_KEYS, (1, 2), strict=True):
+        if key in params:
+            _integer(source, f"scheduler.asha.{key}", params[key], minimum)
+    return {"scheduler": "asha", **params}
+
+
+def _searcher(source: str, value: Any) -> str:
+    if value not in SEARCHERS:
+        raise ConfigError(f"{source}: searcher: expected one of {', '.join(SEARCHERS)}, got {value!r}")
+    return value
+
+
+def _pretrain(source: str, block: Any) -> dict[str, Any]:
+    if block in (None, "none", {}):  # no pretraining stage of the study's own
+        return {}
+    block = _mapping(source, "pretrain", block)
+    _known(source, "pretrain", block, (*PRETRAIN_KEYS, *PRETRAIN_TASK_KEYS))
+    missing = [k for k in PRETRAIN_KEYS if k not in block]
+    if missing:
+        raise ConfigError(f"{source}: pretrain: missing {', '.join(missing)}")
+    models = block["models"]
+    if not isinstance(models, list) or not models or not all(isinstance(m, str) for m in models):
+        raise ConfigError(f"{source}: pretrain.models: expected a non-empty list of model names, got {models!r}")
+    _train_config(source, "pretrain", {k: v for k, v in block.items() if k != "models"}, models)
+    return dict(block)
+
+
+def _models(source: str, data: dict[str, Any], space: dict[str, Any]) -> list[str]:
+    """The models a file names (its space's, then its points'), each checked: the other values are checked with
+    each of them (SegFormer needs images of at least 32 pixels)."""
+    entry = space.get("model")
+    named = []
+    if isinstance(entry, dict):
+        values = next(iter(entry.values()), [])
+        named = [("space.model", m) for m in (values if isinstance(values, list) else [])]
+    elif "model" in space:
+        named = [("space.model", entry)]
+    points = data.get("points") if isinstance(data.get("points"), list) else []
+    named += [(f"points[{k}].model", p["model"]) for k, p in enumerate(points) if isinstance(p, dict) and "model" in p]
+    for where, model in named:
+        if not isinstance(model, str):
+            raise ConfigError(f"{source}: {where}: expected a model name, got {model!r}")
+        _train_config(source, where, {"model": model}, [])
+    return list(dict.fromkeys(model for _where, model in named))
+
+
+def _train_config(source: str, where: str, fields: dict[str, Any], models: list[str]) -> None:
+    """Let TrainConfig check ``fields``, with each model in turn (some ranges depend on it)."""
+    try:
+        if "model" in fields:
+            TrainConfig(**fields)
+        for model in [] if "model" in fields else models:
+            TrainConfig(**fields, model=model)
+        if not models and "model" not in fields:  # no model to check a size with: the size alone, here
+            if "image_size" in fields:
+                parse_image_size(fields["image_size"])
+            TrainConfig(**{k: v for k, v in fields.items() if k != "image_size"})
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {where}: {_bare(exc)}" if where else f"{source}: {_as_key(exc)}") from None
+
+
+def _contains(entry: tuple, value: Any) -> bool:
+    kind, *args = entry
+    if kind in ("choice", "grid"):
+        return value in args[0]
+    return isinstance(value, (int, float)) and args[0] <= value <= args[1]
+
+
+def _known(source: str, where: str, data: dict[str, Any], keys: tuple[str, ...]) -> None:
+    unknown = [k for k in data if k not in keys]
+    if unknown:
+        place = f"{where}: " if where else ""
+        raise ConfigError(f"{source}: {place}unknown key {unknown[0]!r} (expected one of {', '.join(keys)})")
+
+
+def _mapping(source: str, where: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: {where}: expected a mapping, got {value!r}")
+    return value
+
+
+def _integer(source: str, where: str, value: Any, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{source}: {where}: expected an integer >= {minimum}, got {value!r}")
+
+
+def _field_type(key: str) -> type:
+    return type(next(f.default for f in dataclasses.fields(TrainConfig) if f.name == key))
+
+
+def _as_key(exc: Exception) -> str:
+    """``--batch-size: ...`` -> ``batch_size: ...``: TrainConfig names the option, a file names its key."""
+    return re.sub(r"^--([\w-]+): ", lambda m: m.group(1).replace("-", "_") + ": ", str(exc))
+
+
+def _bare(exc: Exception) -> str:
+    """TrainConfig's message without its ``--option:`` prefix (the caller names the file's key instead)."""
+    return re.sub(r"^--[\w-]+: ", "", str(exc))
