@@ -37,6 +37,7 @@ from study import storage
 from study.cli import OneLineParser, main_guard
 from study.config import DEVICES
 from study.data import Labels, build_dataset
+from study.data.formats import FORMATS
 from study.data.transforms import denormalize, normalize
 from study.errors import ConfigError, DataError
 from study.io import atomic_write_text, write_json
@@ -314,6 +315,23 @@ def _headline(table: pd.DataFrame) -> str:
             + ", ".join(told) + ".")
 
 
+def _test_section(test_summary: pd.DataFrame, dataset: str) -> list[str]:
+    """The "Test mIoU" section; it says so where the format's "test" is the val split that chose everything."""
+    fmt = FORMATS.get(dataset)
+    same_split = fmt is not None and fmt.test_is_val
+    lines = ["## Test mIoU", "", "The best checkpoint of every seed of each strategy's best configuration, on the "
+             "test split: mean and Student-t 95 % CI over seeds (`test_summary.csv`; `seeds` counts the seeds "
+             "evaluated)." + (f" **`{dataset}` has no independent test split here: its \"test\" is the official val "
+                              "split, the same images that chose the checkpoints and the configurations, so these "
+                              "figures are optimistic.**" if same_split else ""), "",
+             "| model | strategy | lr | seeds | test mIoU | 95 % CI |", "| --- | --- | ---: | ---: | ---: | --- |"]
+    for row in test_summary.itertuples():
+        ci = "—" if math.isnan(row.ci_low) else f"[{row.ci_low:.4f}, {row.ci_high:.4f}]"
+        lines.append(f"| {model_label(row.model)} | {row.strategy} | {row.lr:.3g} | {row.seeds} | "
+                     f"{row.test_miou_mean:.4f} | {ci} |")
+    return lines
+
+
 def render_markdown(experiment: str, settings: dict, table: pd.DataFrame, figures: list[tuple[Path, str]],
                     notes: list[str], out: Path, found: pd.DataFrame | None = None,
                     test_summary: pd.DataFrame | None = None, margin: float = DEFAULT_MARGIN,
@@ -349,17 +367,7 @@ def render_markdown(experiment: str, settings: dict, table: pd.DataFrame, figure
                   "fine-tune with its scratch or freeze runs, one init at two learning rates, or two models' "
                   "fine-tuned runs, and none of these pairs ran (`findings.csv` is empty).", ""]
     if test_summary is not None and len(test_summary):
-        same_split = settings.get("dataset") == "cityscapes"  # its official test labels are withheld
-        lines += ["## Test mIoU", "", "The best checkpoint of every seed of each strategy's best configuration, on the "
-                  "test split: mean and Student-t 95 % CI over seeds (`test_summary.csv`; `seeds` counts the seeds "
-                  "evaluated)." + (" **Cityscapes has no independent test split here: its \"test\" is the official "
-                                   "val split, the same images that chose the checkpoints and the configurations, so "
-                                   "these figures are optimistic.**" if same_split else ""), "",
-                  "| model | strategy | lr | seeds | test mIoU | 95 % CI |", "| --- | --- | ---: | ---: | ---: | --- |"]
-        for row in test_summary.itertuples():
-            ci = "—" if math.isnan(row.ci_low) else f"[{row.ci_low:.4f}, {row.ci_high:.4f}]"
-            lines.append(f"| {model_label(row.model)} | {row.strategy} | {row.lr:.3g} | {row.seeds} | "
-                         f"{row.test_miou_mean:.4f} | {ci} |")
+        lines += _test_section(test_summary, settings.get("dataset", "pets"))
         lines.append("")
     if per_class is not None and len(per_class):
         lines += _per_class_section(per_class)

@@ -177,9 +177,11 @@ def summary_table(history: pd.DataFrame) -> pd.DataFrame:
 
 
 @functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=64)
 def model_cost(model: str, variant: str, num_classes: int, height: int, width: int) -> tuple[int, float]:
     """(parameters, forward FLOPs per image at height x width) of ``model`` built from scratch for
-    ``num_classes``; the global RNG is left as it was (building draws random weights)."""
+    ``num_classes``; the global RNG is left as it was (building draws random weights). Cached: building and
+    counting takes seconds, and every summary write and report asks again for the same few models."""
     import torch
 
     from segmodels import build_model

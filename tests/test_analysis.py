@@ -301,3 +301,31 @@ def test_masks_use_the_task_palette_and_name_only_the_classes_shown(tmp_path: Pa
     assert legends[-1] == ["class 3", "class 7", "class 40", "class 149", "(ignored)"]
     figures.dataset_samples(images, targets, ["a.png", "b.png"], names, "samples", tmp_path / "samples")
     assert legends[-1] == ["class 3", "class 40", "class 149", "(ignored)"]
+
+
+def _trials(rows: list[tuple]) -> pd.DataFrame:
+    """A constructed trial table: (trial_id, init, lr, best val mIoU, test mIoU, stop_reason) per trial."""
+    return pd.DataFrame([{"trial_id": t, "model": "segformer", "init": init, "strategy": init, "lr": lr, "gamma": 0.98,
+                          "best_val_miou": val, "test_miou": test, "status": "done", "stop_reason": stop}
+                         for t, init, lr, val, test, stop in rows])
+
+
+def test_the_headline_is_the_best_configurations_mean_not_its_luckiest_seed() -> None:
+    table = _trials([("a1", "finetune", 1e-3, 0.70, 0.60, "completed"), ("a2", "finetune", 1e-3, 0.60, 0.50,
+                     "completed"), ("a3", "finetune", 1e-3, 0.62, 0.52, "completed"),
+                     ("b1", "scratch", 1e-3, 0.64, 0.55, "completed"), ("b2", "scratch", 1e-3, 0.65, 0.56,
+                     "completed"), ("b3", "scratch", 1e-3, 0.66, 0.57, "completed"),
+                     ("c1", "freeze", 1e-3, 0.90, 0.80, "stopped early (ASHA)")])  # no candidate: not completed
+    line = report._headline(table)
+    # scratch has the higher mean (0.65 against 0.64), although finetune has the luckiest completed seed (0.70)
+    assert "scratch" in line and "mean over 3 seeds" in line
+    assert "best val mIoU 0.6500 [95 % CI" in line and "test mIoU 0.5600 [95 % CI" in line
+
+
+def test_the_test_section_says_when_test_is_the_val_split() -> None:
+    summary = pd.DataFrame([{"model": "segformer", "strategy": "fine-tune", "lr": 1e-3, "seeds": 3,
+                             "test_miou_mean": 0.5, "ci_low": 0.4, "ci_high": 0.6}])
+    city = "\n".join(report._test_section(summary, "cityscapes"))
+    pets = "\n".join(report._test_section(summary, "pets"))
+    assert "official val split" in city and "optimistic" in city
+    assert "optimistic" not in pets and "| 0.5000 | [0.4000, 0.6000] |" in pets

@@ -203,7 +203,7 @@ def result_rows(result_json: Path) -> list[dict]:
     return rows
 
 
-def test_the_autoscaler_grows_gpu_nodes_for_a_study_submitted_as_a_job(fake_cluster: dict, toy_root: Path,
+def test_the_autoscaler_grows_gpu_nodes_for_a_study_submitted_as_a_job(fake_cluster: dict, small_toy_root: Path,
                                                                        cache_dir: Path, encoders: dict,
                                                                        tmp_path: Path) -> None:
     watch = NodeWatch(fake_cluster)
@@ -212,7 +212,7 @@ def test_the_autoscaler_grows_gpu_nodes_for_a_study_submitted_as_a_job(fake_clus
     storage = tmp_path / "storage"
     submitted = time.monotonic()
     submit = ray_cli(fake_cluster, "job", "submit", "--submission-id", "autoscale-1", "--no-wait", "--",
-                     *study_args(toy_root, cache_dir, storage, "autoscale", encoders, "--num-samples", "4",
+                     *study_args(small_toy_root, cache_dir, storage, "autoscale", encoders, "--num-samples", "4",
                                  "--epochs", "2"))
     assert submit.returncode == 0, submit.stderr[-3000:]
     logs = ray_cli(fake_cluster, "job", "logs", "--follow", "autoscale-1", timeout=420)
@@ -251,12 +251,12 @@ def test_the_autoscaler_grows_gpu_nodes_for_a_study_submitted_as_a_job(fake_clus
     print(f"head start {fake_cluster['head_start_s']:.1f} s; job {ended - submitted:.1f} s; GPU nodes: {timeline}")
 
 
-def test_a_stopped_job_resubmitted_with_resume_completes_the_study(fake_cluster: dict, toy_root: Path,
+def test_a_stopped_job_resubmitted_with_resume_completes_the_study(fake_cluster: dict, small_toy_root: Path,
                                                                    cache_dir: Path, encoders: dict,
                                                                    tmp_path: Path) -> None:
     storage = tmp_path / "storage"
     experiment = storage / "stopped"
-    args = study_args(toy_root, cache_dir, storage, "stopped", encoders, "--num-samples", "3", "--epochs", "4",
+    args = study_args(small_toy_root, cache_dir, storage, "stopped", encoders, "--num-samples", "3", "--epochs", "4",
                       "--max-concurrent", "1", "--no-report")
     submit = ray_cli(fake_cluster, "job", "submit", "--submission-id", "stop-1", "--no-wait", "--", *args)
     assert submit.returncode == 0, submit.stderr[-3000:]

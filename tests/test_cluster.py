@@ -257,7 +257,7 @@ def _result_rows(result_json: Path) -> list[dict]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_study_spans_two_nodes(two_nodes: dict, toy_root: Path, cache_dir: Path, tmp_path: Path,
+def test_study_spans_two_nodes(two_nodes: dict, small_toy_root: Path, cache_dir: Path, tmp_path: Path,
                                trial_runner: str) -> None:
     # Token auth is on: the dashboard (and so the Jobs API) refuses a request without the token.
     assert dashboard_get(two_nodes["dashboard_port"], "/api/version", None)[0] == 401
@@ -269,7 +269,7 @@ def test_study_spans_two_nodes(two_nodes: dict, toy_root: Path, cache_dir: Path,
 
     encoders = {m: save_encoder(build_model(m, 19), tmp_path / f"{m}.pt") for m in ("segformer", "fcn_resnet50")}
     storage = tmp_path / "storage"
-    args = [sys.executable, "-m", "study.run", "--preset", "demo", "--data-root", str(toy_root),
+    args = [sys.executable, "-m", "study.run", "--preset", "demo", "--data-root", str(small_toy_root),
             "--storage", str(storage), "--name", "two_nodes", "--num-samples", "2", "--epochs", "2", "--no-report",
             "--pretrained-segformer", str(encoders["segformer"]), "--pretrained-fcn", str(encoders["fcn_resnet50"]),
             "--cache-dir", str(cache_dir), "--trial-runner", trial_runner]

@@ -111,19 +111,22 @@ def test_many_early_stops_finish_without_deadlock(ray_cluster: str, toy_root: Pa
     from study import orchestrate
     from study.run import settings_from_args
 
+    # 24 trials through Tune's own trainable; 6 through Ray Train, whose controller and worker group take ~25 s a
+    # trial here: more than the 2 CPUs could hold if a stopped trial kept its placement group.
+    trials = 24 if trial_runner == "tune" else 6
     settings = settings_from_args(["--preset", "demo", "--data-root", str(toy_root), "--storage", str(tmp_path),
-                                   "--name", "asha", "--num-samples", "24", "--epochs", "2", "--image-size", "32",
-                                   "--cache-dir", str(cache_dir), "--no-report", "--trial-runner", trial_runner])
+                                   "--name", "asha", "--num-samples", str(trials), "--epochs", "2", "--image-size",
+                                   "32", "--cache-dir", str(cache_dir), "--no-report", "--trial-runner", trial_runner])
     settings.space = {**settings.space, "model": ("choice", ["segformer"]), "init": ("choice", ["scratch"])}
     # Trials in order of falling learning rate, all below the rate where more is better after one epoch,
     # so that almost every new trial is worse than those before it and ASHA stops it.
     settings.points = [{"model": "segformer", "init": "scratch", "lr": float(lr), "gamma": 0.98}
-                       for lr in np.geomspace(1e-4, 1e-8, 24)]
+                       for lr in np.geomspace(1e-4, 1e-8, trials)]
     settings.pretrain = {}
     settings.val_every, settings.grace_period, settings.reduction_factor = 1, 1, 8  # ASHA keeps only the top 1/8
     summary = orchestrate.run_study(settings)
-    assert len(summary) == 24 and (summary["status"] == "done").all()
-    assert summary["stopped_early"].sum() >= 20
+    assert len(summary) == trials and (summary["status"] == "done").all()
+    assert summary["stopped_early"].sum() >= trials - 4
     leftover = [pg for pg in list_placement_groups(detail=True) if pg.state != "REMOVED"]
     deadline = time.monotonic() + 60  # the cleaner removes them asynchronously
     while leftover and time.monotonic() < deadline:

@@ -28,9 +28,9 @@ def encoder_options(demo_study: Path) -> list[str]:
 
 
 def test_a_search_then_its_confirm_stage_resumes_after_the_driver_is_killed(
-        ray_cluster: str, demo_study: Path, toy_root: Path, cache_dir: Path, tmp_path: Path) -> None:
-    args = ["-m", "study.run", "--preset", "demo", "--data-root", str(toy_root), "--storage", str(tmp_path),
-            "--name", "confirmed", "--num-samples", "4", "--epochs", "4", "--confirm-top", "2", "--repeats", "2",
+        ray_cluster: str, demo_study: Path, small_toy_root: Path, cache_dir: Path, tmp_path: Path) -> None:
+    args = ["-m", "study.run", "--preset", "demo", "--data-root", str(small_toy_root), "--storage", str(tmp_path),
+            "--name", "confirmed", "--num-samples", "3", "--epochs", "4", "--confirm-top", "2", "--repeats", "2",
             "--no-report", "--cache-dir", str(cache_dir), *encoder_options(demo_study)]
     env = {**os.environ, "RAY_ADDRESS": ray_cluster}
     experiment, confirm = tmp_path / "confirmed", tmp_path / "confirmed" / "confirm"
@@ -55,7 +55,7 @@ def test_a_search_then_its_confirm_stage_resumes_after_the_driver_is_killed(
 
     search = pd.read_csv(experiment / "search_summary.csv")
     summary = pd.read_csv(experiment / "summary.csv")
-    assert len(search) == 4 and len(summary) == 4  # the summary is the confirm stage's: 2 configurations x 2 seeds
+    assert len(search) == 3 and len(summary) == 4  # the summary is the confirm stage's: 2 configurations x 2 seeds
     top = search[search["status"] == "done"].drop_duplicates(["model", "init", "lr", "gamma"]).head(2)
     confirmed = summary.groupby(["model", "init", "lr", "gamma"])["seed"].apply(sorted)
     assert sorted(confirmed.index) == sorted(top[["model", "init", "lr", "gamma"]].itertuples(index=False, name=None))
@@ -79,7 +79,7 @@ def test_a_search_then_its_confirm_stage_resumes_after_the_driver_is_killed(
     from analysis import report
 
     out = tmp_path / "report"
-    text = report.write_report(experiment, toy_root, out, cache_dir=str(cache_dir)).read_text()
+    text = report.write_report(experiment, small_toy_root, out, cache_dir=str(cache_dir)).read_text()
     assert "confirm stage's trials: the search's 2 best configurations, each rerun with 2 seed(s)" in text
     assert "4 trials, 2 seeds per configuration" in text and "asha_stops" not in text
     found = pd.read_csv(out / "findings.csv")

@@ -157,7 +157,7 @@ def cmdline(pid: int) -> str:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_the_wandb_key_reaches_no_runtime_env_log_file_or_console(ray_head: dict, toy_root: Path, cache_dir: Path,
+def test_the_wandb_key_reaches_no_runtime_env_log_file_or_console(ray_head: dict, small_toy_root: Path, cache_dir: Path,
                                                                   tmp_path: Path) -> None:
     from segmodels import build_model, save_encoder  # given encoders skip the pretraining stage
 
@@ -166,7 +166,7 @@ def test_the_wandb_key_reaches_no_runtime_env_log_file_or_console(ray_head: dict
     encoders = {m: save_encoder(build_model(m, 19), tmp_path / f"{m}.pt") for m in ("segformer", "fcn_resnet50")}
     storage, private_tmp = tmp_path / "storage", tmp_path / "tmp"
     private_tmp.mkdir()
-    args = [sys.executable, "-m", "study.run", "--preset", "demo", "--data-root", str(toy_root),
+    args = [sys.executable, "-m", "study.run", "--preset", "demo", "--data-root", str(small_toy_root),
             "--storage", str(storage), "--name", "keyed", "--wandb", "--no-report", "--num-samples", "2",
             "--epochs", "2", "--cache-dir", str(cache_dir), "--pretrained-segformer", str(encoders["segformer"]),
             "--pretrained-fcn", str(encoders["fcn_resnet50"])]

@@ -58,6 +58,7 @@ class DatasetFormat:
     classes: tuple[str, ...] | None  # None: the task names them
     reduce_zero_label: bool = False
     indices_on_disk: bool = True  # False: the format maps its own label ids (trimaps, Cityscapes labelIds)
+    test_is_val: bool = False  # True: "test" opens the official val split (its test labels are withheld)
 
 
 FORMATS = {f.name: f for f in (
@@ -66,7 +67,7 @@ FORMATS = {f.name: f for f in (
                   PETS_CLASSES, indices_on_disk=False),
     DatasetFormat("cityscapes", "ROOT/cityscapes/{leftImg8bit,gtFine}/<split>/<city>",
                   lambda root, split, classes, download: cityscapes_source(root, split),
-                  CITYSCAPES_TRAIN_CLASSES, indices_on_disk=False),
+                  CITYSCAPES_TRAIN_CLASSES, indices_on_disk=False, test_is_val=True),
     DatasetFormat("voc", "ROOT/VOCdevkit/VOC2012/{JPEGImages,SegmentationClass,ImageSets}",
                   lambda root, split, classes, download: voc_source(root, split, download=download), VOC_CLASSES),
     DatasetFormat("ade20k", f"ROOT/{ADE20K_FOLDER}/{{images,annotations}}/{{training,validation}}",
