@@ -7,6 +7,7 @@ import logging
 import tempfile
 from pathlib import Path
 
+from search_spaces.spec import PRETRAIN_TASK_KEYS
 from segmodels import build_model, save_encoder
 from study import storage
 from study.config import TrainConfig
@@ -37,7 +38,7 @@ def pretrain_encoders(settings: StudySettings, announce=log.info) -> dict[str, s
             announce(f"pretraining: reusing the {model} encoder trained earlier ({storage.display(encoder_uri)})")
             continue
         p = settings.pretrain
-        task = {k: p[k] for k in ("classes", "ignore_index", "reduce_zero_label") if k in p}  # another task's labels
+        task = {k: p[k] for k in PRETRAIN_TASK_KEYS if k != "data_root" and k in p}  # another task's labels
         cfg = TrainConfig(dataset=p["dataset"], data_root=p.get("data_root", settings.data_root), **task,
                           model=model, init="scratch",
                           epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], gamma=p["gamma"],
