@@ -66,6 +66,16 @@ def list_files(uri: str | Path) -> list[str]:
     return sorted(i.path[len(root):].lstrip("/") for i in infos if i.type == pyarrow.fs.FileType.File)
 
 
+def list_folders(uri: str | Path) -> list[str]:
+    """The names of the folders directly below ``uri``, empty ones included (empty when it does not exist):
+    Tune's syncs copy a trial's folder as soon as it exists, before any file is in it."""
+    import pyarrow.fs
+
+    fs, root = _resolve(uri)
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=False, allow_not_found=True))
+    return sorted(i.base_name for i in infos if i.type == pyarrow.fs.FileType.Directory)
+
+
 def read_bytes(uri: str | Path) -> bytes:
     fs, path = _resolve(uri)
     with fs.open_input_stream(path) as stream:

@@ -10,6 +10,7 @@ and a plain SIGKILL. Each case then resumes with ``--resume`` and checks what do
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -150,6 +151,33 @@ def check_resumed_exactly(experiment: Path, outcome: dict, way: str) -> None:
     target = outcome["target"]
     if way == "sigterm" and (experiment / f"trial_{target}").is_dir():  # the running trial resumed, not rerun
         assert target in set(summary["trial_id"].astype(str))
+
+
+def test_a_folder_unknown_to_tunes_saved_state_is_an_orphan_even_when_empty(tmp_path: Path, monkeypatch) -> None:
+    """A driver killed just after Tune created a trial leaves its folder with no file in it yet: in its
+    staging copy, which the restored Tuner syncs to storage later (seen once in CI), or on storage already
+    (Tune's sync copies folders as they are). It is an orphan like one that holds files."""
+    from study.fates import read_fate
+    from study.orchestrate import stops
+    from study.summary import trial_ids
+
+    experiment, staging = tmp_path / f"orphans-{os.getpid()}", tmp_path / "staging" / "driver_artifacts"
+    (staging / "trial_staged0").mkdir(parents=True)  # empty, and only in the killed driver's staging copy
+    monkeypatch.setattr(stops, "unsynced_staging_copies", lambda _: [staging])
+    state = {"trial_data": [[json.dumps({"trial_id": "known0"}), "{}"]]}
+    (experiment / "trial_known0").mkdir(parents=True)
+    (experiment / "experiment_state-2026-12-02_00-00-00.json").write_text(json.dumps(state))
+    (experiment / "trial_known0" / "params.json").write_text("{}")
+    (experiment / "trial_known0" / "result.json").write_text(json.dumps({"epoch": 2}) + "\n")
+    (experiment / "trial_empty0").mkdir()
+    (experiment / "trial_files0").mkdir()
+    (experiment / "trial_files0" / "params.json").write_text("{}")
+
+    assert stops.reconcile_with_storage(str(experiment)) == ["empty0", "files0", "staged0"]
+    for orphan, folder in itertools.product(("empty0", "files0", "staged0"), (experiment, staging)):
+        assert read_fate(str(folder), orphan) | {"fate": "interrupted", "orphaned": True} == read_fate(
+            str(folder), orphan)
+    assert read_fate(str(experiment), "known0") == {} and trial_ids(str(experiment)) == ["known0"]
 
 
 @pytest.mark.parametrize("way", ["sigterm", "sigkill"])

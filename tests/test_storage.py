@@ -115,7 +115,7 @@ def test_object_storage_helpers_round_trip(s3_storage: str, tmp_path: Path) -> N
     (tmp_path / "up" / "a.txt").write_text("a")
     (tmp_path / "up" / "sub" / "b.bin").write_bytes(b"\x00\x01")
     storage.upload(tmp_path / "up", folder)
-    assert storage.list_files(folder) == ["a.txt", "sub/b.bin"]
+    assert storage.list_files(folder) == ["a.txt", "sub/b.bin"] and storage.list_folders(folder) == ["sub"]
     assert storage.read_bytes(storage.join(folder, "sub/b.bin")) == b"\x00\x01"  # exact bytes, no chunk framing
     storage.download(folder, tmp_path / "down", skip=lambda rel: rel.endswith(".bin"))
     assert sorted(p.name for p in (tmp_path / "down").rglob("*") if p.is_file()) == ["a.txt"]

@@ -37,7 +37,7 @@ from study.fates import (
     record_failure,
     record_fate,
 )
-from study.layout import checkpoints, last_recorded_epoch, trial_dir
+from study.layout import checkpoints, last_recorded_epoch, trial_dir, trial_folder
 from study.settings import StudySettings
 from study.summary import tune_state_trial_ids
 
@@ -168,7 +168,12 @@ def reconcile_with_storage(experiment: str) -> list[str]:
     known = tune_state_trial_ids(experiment, files)
     if known is None:
         return []
-    folders = {f.split("/", 1)[0].removeprefix("trial_") for f in files if f.startswith("trial_") and "/" in f}
+    # Folders, not files: a driver killed just after Tune created a trial leaves its folder empty, in the
+    # staging copy and (Tune's sync copies folders as they are) maybe on storage; the restored Tuner's syncs
+    # bring it to storage later. An empty folder unknown to the saved state is an orphan too.
+    prefix = trial_folder("")
+    names = [*storage.list_folders(experiment), *(p.name for s in stagings for p in s.iterdir() if p.is_dir())]
+    folders = {name.removeprefix(prefix) for name in names if name.startswith(prefix)}
     orphans = sorted(folders - known)
     for trial_id in orphans:  # also in the staging copies, whose later sync would bring back the old record
         for folder in (experiment, *map(str, stagings)):
