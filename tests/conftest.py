@@ -33,8 +33,9 @@ def toy_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def small_toy_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The toy data at a third of its size, for the tests of how a study stops, resumes and spreads over nodes:
-    what they check does not depend on how much a trial learns, and each trial trains three times faster."""
+    """The toy data at a third of its size, for the demo study fixture and the tests of how a study stops,
+    resumes and spreads over nodes: what they check does not depend on how much a trial learns, and each trial
+    trains three times faster."""
     from study.data.toy import write_toy
 
     return write_toy(tmp_path_factory.mktemp("small_toy"), seed=0, pets=(27, 8), cityscapes=(8, 4))
@@ -94,14 +95,16 @@ def trial_runner(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
-def demo_study(ray_cluster: str, toy_root: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo preset run as a user runs it (``python -m study.run``, default console), on the session's Ray.
-    Its console output is kept in ``console.txt`` beside the experiment. W&B is tested in test_secrets.py: its
-    per-trial logging actors would double this study's time on 2 CPUs."""
+def demo_study(ray_cluster: str, small_toy_root: Path, cache_dir: Path,
+               tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo preset run as a user runs it (``python -m study.run``, default console), on the session's Ray,
+    on the third-size toy data (what the tests read from it does not depend on how much a trial learns; the
+    full toy set is 80 s slower here). Its console output is kept in ``console.txt`` beside the experiment.
+    W&B is tested in test_secrets.py: its per-trial logging actors would double this study's time on 2 CPUs."""
     storage = tmp_path_factory.mktemp("storage")
     env = {**os.environ, "RAY_ADDRESS": ray_cluster, "WANDB_MODE": "offline",
            "WANDB_API_KEY": FAKE_WANDB_KEY}  # planted: no file the study writes may contain it
-    args = [sys.executable, "-m", "study.run", "--preset", "demo", "--data-root", str(toy_root), "--storage",
+    args = [sys.executable, "-m", "study.run", "--preset", "demo", "--data-root", str(small_toy_root), "--storage",
             str(storage), "--name", "demo", "--no-report"]
     done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     (storage / "console.txt").write_text(done.stdout + done.stderr)

@@ -20,8 +20,8 @@ from study.metrics import SegMetric
 
 
 @pytest.fixture(scope="module")
-def demo_report(demo_study: Path, toy_root: Path, cache_dir: Path) -> Path:
-    report.write_report(demo_study, toy_root, demo_study / "report", cache_dir=str(cache_dir))
+def demo_report(demo_study: Path, small_toy_root: Path, cache_dir: Path) -> Path:
+    report.write_report(demo_study, small_toy_root, demo_study / "report", cache_dir=str(cache_dir))
     return demo_study / "report"
 
 
@@ -64,7 +64,7 @@ def test_report_names_the_best_configuration(demo_report: Path, demo_study: Path
     assert f"one seed, trial `{best['trial_id']}`" in line and f"best val mIoU {best['best_val_miou']:.4f}" in line
 
 
-def test_test_metrics_agree_with_independent_computations(demo_report: Path, demo_study: Path, toy_root: Path,
+def test_test_metrics_agree_with_independent_computations(demo_report: Path, demo_study: Path, small_toy_root: Path,
                                                           cache_dir: Path) -> None:
     from study.data import build_dataset
     from study.data.transforms import normalize
@@ -72,7 +72,7 @@ def test_test_metrics_agree_with_independent_computations(demo_report: Path, dem
     metrics_file = next((demo_report / "test").glob("*/metrics.json"))
     metrics = json.loads(metrics_file.read_text())
     model, cfg = load_model(torch.load(metrics["checkpoint"], weights_only=True))
-    data = build_dataset("pets", "test", toy_root, cfg.image_size, cache_dir=cache_dir)
+    data = build_dataset("pets", "test", small_toy_root, cfg.image_size, cache_dir=cache_dir)
     with torch.no_grad():
         probabilities = model(normalize(data.images)).softmax(1)
     targets = data.masks.long()
@@ -113,7 +113,7 @@ def test_no_planted_secret_in_any_file_the_study_wrote(demo_study: Path) -> None
     assert not leaks
 
 
-def test_errored_trials_are_counted_and_listed(demo_study: Path, toy_root: Path, cache_dir: Path,
+def test_errored_trials_are_counted_and_listed(demo_study: Path, small_toy_root: Path, cache_dir: Path,
                                                tmp_path: Path) -> None:
     """Two of the demo's trials made to fail, one each way a trial records a failure: both are in the header's
     count and listed with their one-line error, and neither is a seed of any curve or finding."""
@@ -141,7 +141,7 @@ def test_errored_trials_are_counted_and_listed(demo_study: Path, toy_root: Path,
     strategy, (unevaluated,) = next((s, ids) for s, ids in chosen.items() if {ours, tunes}.isdisjoint(ids))
     for weights in (study / f"trial_{unevaluated}").glob("checkpoint_*/checkpoint.pt"):
         weights.unlink()
-    text = report.write_report(study, toy_root, tmp_path / "out", cache_dir=str(cache_dir)).read_text()
+    text = report.write_report(study, small_toy_root, tmp_path / "out", cache_dir=str(cache_dir)).read_text()
     assert f"{len(summary)} trials (2 errored, listed below)" in text
     errored = text[text.index("## Errored trials"):].split("\n## ")[0]
     assert f"`{ours}`" in errored and "--pretrained /gone.pt: no such file" in errored

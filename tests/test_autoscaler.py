@@ -212,7 +212,7 @@ def test_the_autoscaler_grows_gpu_nodes_for_a_study_submitted_as_a_job(fake_clus
     storage = tmp_path / "storage"
     submitted = time.monotonic()
     submit = ray_cli(fake_cluster, "job", "submit", "--submission-id", "autoscale-1", "--no-wait", "--",
-                     *study_args(small_toy_root, cache_dir, storage, "autoscale", encoders, "--num-samples", "4",
+                     *study_args(small_toy_root, cache_dir, storage, "autoscale", encoders, "--num-samples", "2",
                                  "--epochs", "2"))
     assert submit.returncode == 0, submit.stderr[-3000:]
     logs = ray_cli(fake_cluster, "job", "logs", "--follow", "autoscale-1", timeout=420)
@@ -225,7 +225,7 @@ def test_the_autoscaler_grows_gpu_nodes_for_a_study_submitted_as_a_job(fake_clus
     assert "autoscaler may grow it to 2 GPUs" in output, output[-3000:]
     experiment = storage / "autoscale"
     summary = pd.read_csv(experiment / "summary.csv")
-    assert len(summary) == 4 and (summary["status"] == "done").all(), summary
+    assert len(summary) == 2 and (summary["status"] == "done").all(), summary
     assert (experiment / "report" / "report.md").is_file()
 
     # GPU-typed nodes were launched while trials waited, the trials ran there, and the driver stayed on the head.
