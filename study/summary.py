@@ -177,7 +177,6 @@ def summary_table(history: pd.DataFrame) -> pd.DataFrame:
 
 
 @functools.lru_cache(maxsize=64)
-@functools.lru_cache(maxsize=64)
 def model_cost(model: str, variant: str, num_classes: int, height: int, width: int) -> tuple[int, float]:
     """(parameters, forward FLOPs per image at height x width) of ``model`` built from scratch for
     ``num_classes``; the global RNG is left as it was (building draws random weights). Cached: building and

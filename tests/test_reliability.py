@@ -112,9 +112,9 @@ def test_many_early_stops_finish_without_deadlock(ray_cluster: str, toy_root: Pa
     from study.run import settings_from_args
 
     # 24 trials through Tune's own trainable; 4 through Ray Train, whose controller and worker group take ~25 s a
-    # trial here. Either way at least 2 are stopped: as many placement groups as the 2 CPUs hold, so a stopped
-    # trial that kept its group would leave a later trial waiting, and one left over fails the check below.
-    trials = 24 if trial_runner == "tune" else 4
+    # trial here. At least 2 stopped are as many placement groups as the 2 CPUs hold, so a stopped trial that
+    # kept its group would leave a later trial waiting, and one left over fails the check below.
+    trials, min_stopped = (24, 20) if trial_runner == "tune" else (4, 2)
     settings = settings_from_args(["--preset", "demo", "--data-root", str(toy_root), "--storage", str(tmp_path),
                                    "--name", "asha", "--num-samples", str(trials), "--epochs", "2", "--image-size",
                                    "32", "--cache-dir", str(cache_dir), "--no-report", "--trial-runner", trial_runner])
@@ -127,7 +127,7 @@ def test_many_early_stops_finish_without_deadlock(ray_cluster: str, toy_root: Pa
     settings.val_every, settings.grace_period, settings.reduction_factor = 1, 1, 8  # ASHA keeps only the top 1/8
     summary = orchestrate.run_study(settings)
     assert len(summary) == trials and (summary["status"] == "done").all()
-    assert summary["stopped_early"].sum() >= (trials - 4 if trial_runner == "tune" else 2), summary
+    assert summary["stopped_early"].sum() >= min_stopped, summary
     leftover = [pg for pg in list_placement_groups(detail=True) if pg.state != "REMOVED"]
     deadline = time.monotonic() + 60  # the cleaner removes them asynchronously
     while leftover and time.monotonic() < deadline:
