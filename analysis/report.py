@@ -34,7 +34,7 @@ from analysis.load import (
 )
 from analysis.score import per_class_frame, score_checkpoint
 from study import storage
-from study.cli import OneLineParser, main_guard
+from study.cli import OneLineParser, exit_cli
 from study.config import DEVICES
 from study.data import Labels, build_dataset
 from study.data.formats import FORMATS
@@ -464,4 +464,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main_guard("analysis.report", main))
+    exit_cli("analysis.report", main)

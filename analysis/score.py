@@ -23,7 +23,7 @@ from sklearn.metrics import auc as area_under
 from sklearn.metrics import roc_curve
 
 from segmodels import SegModel, build_model
-from study.cli import OneLineParser, main_guard
+from study.cli import OneLineParser, exit_cli
 from study.config import DATASETS, DEVICES, SPLITS, TrainConfig
 from study.data import Labels, SegDataset, build_dataset
 from study.data.transforms import denormalize, normalize
@@ -236,4 +236,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main_guard("analysis.score", main))
+    exit_cli("analysis.score", main)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -11,6 +12,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
+from typing import NoReturn
 
 from study.errors import StudyInterrupted, UsageError
 
@@ -38,6 +40,17 @@ def main_guard(prog: str, main: Callable[[list[str] | None], int | None], argv: 
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+
+
+def exit_cli(prog: str, main: Callable[[list[str] | None], int | None]) -> NoReturn:
+    """A ``python -m`` entry point: run ``main`` under ``main_guard`` and exit with its code. What the run made is
+    first frozen out of the interpreter's last garbage collection, which would otherwise walk every object that
+    torch, torchvision and transformers created: measured on 2 cores, 3 s of every exit, 0.4 s frozen. A
+    stopped study's driver then exits within ``ray job stop``'s 3 s wait instead of being killed in its
+    teardown. Exit handlers (Ray's disconnect among them) still run."""
+    code = main_guard(prog, main)
+    gc.freeze()
+    raise SystemExit(code)
 
 
 @contextlib.contextmanager

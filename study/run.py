@@ -18,8 +18,8 @@ from study import storage
 from study.cli import (
     OneLineParser,
     class_weights_arg,
+    exit_cli,
     image_size_arg,
-    main_guard,
     model_source_arg,
     native_stderr_diverted,
     sigterm_as_sigint,
@@ -167,4 +167,4 @@ def make_report(settings: StudySettings) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main_guard("study.run", main))
+    exit_cli("study.run", main)

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from study.cli import OneLineParser, class_weights_arg, image_size_arg, main_guard
+from study.cli import OneLineParser, class_weights_arg, exit_cli, image_size_arg
 from study.config import (
     COMPILE_MODES,
     DATA_PLACEMENTS,
@@ -163,4 +163,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main_guard("study.run_trial", main))
+    exit_cli("study.run_trial", main)

@@ -2,10 +2,13 @@
 
 The study is ``python -m study.run`` in its own process, as a user (or a Ray Job) runs it, joined to the
 session's running Ray through RAY_ADDRESS, so the cluster survives its driver (the case after ``ray up``).
-The moments are read from the driver's staging copy of the experiment (``trial_<id>/params.json`` when Tune
-starts a trial, ``result.json`` rows as Tune records them, ``fates/`` as a trial ends), which Tune writes
-synchronously; never after a sleep. The ways: SIGTERM then SIGKILL 3 s later (what ``ray job stop`` does),
-and a plain SIGKILL. Each case then resumes with ``--resume`` and checks what docs/reliability.md promises.
+One small study is stopped six times in a row and resumed after each stop: at each of the three moments
+(while Tune creates a trial, mid-epoch, between two trials), once each way (SIGTERM then SIGKILL 3 s later,
+what ``ray job stop`` does, and a plain SIGKILL). Each stop lands on state that earlier stops and resumes
+left, as a user's third or fourth ``--resume`` does. The moments are read from the driver's staging copy of
+the experiment (``trial_<id>/params.json`` when Tune starts a trial, ``result.json`` rows as Tune records them,
+``fates/`` as a trial ends), which Tune writes synchronously; never after a sleep. After the last resume the
+study is checked for what docs/reliability.md promises.
 """
 
 from __future__ import annotations
@@ -23,8 +26,14 @@ import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-TRIALS, EPOCHS = 2, 4
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+TRIALS, EPOCHS = 3, 6  # validations at epochs 2, 4, 6: a trial is mid-epoch after each of the first two
+# Each stop in turn, in the order a trial's life offers the moments (A mid-epoch, A ends, B starts, B mid-epoch,
+# B ends, C starts): every moment is met once each way.
+STOPS = [("mid-epoch", "sigterm"), ("between", "sigkill"), ("creating", "sigterm"),
+         ("mid-epoch", "sigkill"), ("between", "sigterm"), ("creating", "sigkill")]
+# ASHA decides at epoch 4 only (the demo's rung at 2 could stop trial B before it is ever mid-epoch).
+ASHA_AT_4 = "scheduler: {asha: {grace_period: 4, reduction_factor: 2}}\n"
+pytestmark = [pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
@@ -36,20 +45,21 @@ def encoders(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     return ["--pretrained-segformer", files["segformer"], "--pretrained-fcn", files["fcn_resnet50"]]
 
 
-def study_args(toy_root: Path, cache_dir: Path, storage: Path, name: str, encoders: list[str]) -> list[str]:
-    """The demo preset cut to its first two warm-start points (SegFormer scratch, fine-tune), one trial at a
-    time, four epochs each: enough for every moment (the second trial's start, mid-epoch, between the two)."""
+def study_args(toy_root: Path, cache_dir: Path, storage: Path, name: str, encoders: list[str], trials: int,
+               epochs: int, *extra: str) -> list[str]:
+    """The demo preset cut to its first warm-start points (SegFormer scratch, fine-tune, freeze), one trial
+    at a time."""
     return [sys.executable, "-m", "study.run", "--preset", "demo", "--data-root", str(toy_root), "--storage",
-            str(storage), "--name", name, "--num-samples", str(TRIALS), "--epochs", str(EPOCHS), "--max-concurrent",
-            "1", "--no-report", "--cache-dir", str(cache_dir), *encoders]
+            str(storage), "--name", name, "--num-samples", str(trials), "--epochs", str(epochs), "--max-concurrent",
+            "1", "--no-report", "--cache-dir", str(cache_dir), *encoders, *extra]
 
 
 def staging_dirs(name: str) -> list[Path]:
-    """The driver's staging copies of experiment ``name`` (one per run of the driver), oldest first."""
+    """The driver's staging copies of experiment ``name`` in the session's Ray."""
     import ray
 
     session = Path(ray._private.worker._global_node.get_session_dir_path())
-    return sorted(session.glob(f"artifacts/*/{name}/driver_artifacts"), key=lambda p: p.stat().st_mtime)
+    return sorted(session.glob(f"artifacts/*/{name}/driver_artifacts"))
 
 
 def result_epochs(result_json: Path) -> list[int]:
@@ -62,20 +72,47 @@ def result_epochs(result_json: Path) -> list[int]:
     return epochs
 
 
-def reached(moment: str, staging: Path) -> str | None:
-    """The id of the trial that the moment concerns, once the study is there."""
-    trials = sorted(staging.glob("trial_*/params.json"), key=lambda p: p.stat().st_mtime)
-    ended = {p.stem for p in staging.glob("fates/*.json")}
-    if moment == "creating" and len(trials) >= 2:  # Tune started the second trial; it has reported nothing
-        second = trials[1].parent
-        return second.name.removeprefix("trial_") if not result_epochs(second / "result.json") else "too late"
-    if moment == "mid-epoch":  # a trial recorded epoch 2, has not ended, and trains epoch 3
-        training = [p.parent for p in trials if result_epochs(p.parent / "result.json")
-                    and p.parent.name.removeprefix("trial_") not in ended]
-        return training[0].name.removeprefix("trial_") if training else None
-    if moment == "between" and ended:  # the first trial has ended
-        return sorted(ended)[0]
-    return None
+def observe(name: str) -> dict[str, dict]:
+    """Per trial, from the staging copies: when Tune last started it (``params.json`` is written at each
+    start, restarts included), the epochs it reported and its latest fate."""
+    trials: dict[str, dict] = {}
+    for staging in staging_dirs(name):
+        for folder in staging.glob("trial_*"):
+            trial = trials.setdefault(folder.name.removeprefix("trial_"), {"started": 0.0, "epochs": [], "fate": None,
+                                                                            "fate_at": 0.0})
+            params = folder / "params.json"
+            trial["started"] = max(trial["started"], params.stat().st_mtime if params.is_file() else 0.0)
+            epochs = result_epochs(folder / "result.json")
+            trial["epochs"] = max(trial["epochs"], epochs, key=len)
+        for path in staging.glob("fates/*.json"):
+            try:
+                fate, written = json.loads(path.read_text())["fate"], path.stat().st_mtime
+            except (OSError, ValueError, KeyError):  # being written, or a failure count with no fate yet
+                continue
+            trial = trials.setdefault(path.stem, {"started": 0.0, "epochs": [], "fate": None, "fate_at": 0.0})
+            if written >= trial["fate_at"]:
+                trial.update(fate=fate, fate_at=written)
+    return trials
+
+
+def reached(moment: str, now: dict[str, dict], before: dict[str, dict], run_started: float) -> str | None:
+    """The id of the trial that the moment concerns, once this run of the driver is there."""
+    from study.fates import ENDED
+
+    def new_epochs(trial_id: str) -> list[int]:
+        return now[trial_id]["epochs"][len(before.get(trial_id, {}).get("epochs", [])):]
+
+    open_trials = [t for t in sorted(now, key=lambda t: now[t]["started"]) if now[t]["fate"] not in ENDED]
+    if moment == "creating":  # Tune started a trial in this run; it has reported nothing since
+        started = [t for t in open_trials if now[t]["started"] >= run_started]
+        return (started[0] if not new_epochs(started[0]) else "too late") if started else None
+    if moment == "mid-epoch":  # a trial reported a validation in this run, and trains on towards its next one
+        training = [t for t in open_trials if new_epochs(t) and new_epochs(t)[-1] < EPOCHS]
+        return training[0] if training else None
+    if moment == "between":  # a trial ended in this run
+        ended = [t for t in now if now[t]["fate"] in ENDED and before.get(t, {}).get("fate") not in ENDED]
+        return ended[0] if ended else None
+    raise ValueError(moment)
 
 
 def stop(driver: subprocess.Popen, way: str) -> dict:
@@ -92,65 +129,75 @@ def stop(driver: subprocess.Popen, way: str) -> dict:
         return {"code": driver.wait(), "graceful_s": None}
 
 
-def run_stop_and_resume(args: list[str], env: dict, experiment: Path, moment: str, way: str) -> dict:
+def log_tail(log: Path) -> str:
+    return log.read_text()[-3000:] if log.is_file() else ""
+
+
+def run_and_stop(args: list[str], env: dict, experiment: Path, moment: str, way: str, log: Path) -> dict:
+    """One run of the driver, stopped at ``moment`` by ``way``; what it left, as the stop left it."""
     name = experiment.name
-    driver = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+    before, run_started = observe(name), time.time()
+    with open(log, "w") as out:
+        driver = subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
     try:
-        deadline, target, staging = time.monotonic() + 300, None, None
+        deadline, target = time.monotonic() + 300, None
         while target is None:
-            assert driver.poll() is None, "the study ended before it could be stopped"
-            assert time.monotonic() < deadline, f"the study never reached {moment}"
-            staging = next(iter(staging_dirs(name)), None)
-            target = reached(moment, staging) if staging else None
+            assert driver.poll() is None, f"the study ended before it could be stopped {moment}:\n{log_tail(log)}"
+            assert time.monotonic() < deadline, f"the study never reached {moment}:\n{log_tail(log)}"
+            target = reached(moment, observe(name), before, run_started)
             time.sleep(0.05)
         if target == "too late":
-            pytest.fail("the second trial reported before the test could stop the study at its creation")
+            pytest.fail("the trial Tune started reported before the test could stop the study at its creation")
         stopped = stop(driver, way)
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
             driver.wait()
-    before = {p.parent.name: result_epochs(p) for p in experiment.glob("trial_*/result.json")}
-    if stopped["graceful_s"] is not None:  # the graceful path: state saved, unfinished trials recorded
-        assert stopped["code"] == 130, stopped
-        summary = pd.read_csv(experiment / "summary.csv")
+    after = observe(name)
+    if way == "sigterm":  # the graceful path, within the 3 s: state saved, unfinished trials recorded, then exit
+        assert "study.run: interrupted:" in log.read_text(), f"no graceful stop within 3 s:\n{log_tail(log)}"
+        assert stopped["code"] == 130 or stopped["graceful_s"] is None, (stopped, log_tail(log))
+        summary = pd.read_csv(experiment / "summary.csv", dtype={"trial_id": str})
         if moment != "between":  # the trial that was starting or training at the stop
-            assert "interrupted" in set(summary["stop_reason"]), summary
+            assert summary.loc[summary["trial_id"] == target, "stop_reason"].tolist() == ["interrupted"], summary
             assert (experiment / "fates" / f"{target}.json").is_file()
-    resumed = subprocess.run([*args, "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=420)
-    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
-    return {"target": target, "stopped": stopped, "before": before, "console": resumed.stdout}
+    return {"moment": moment, "way": way, "target": target, "stopped": stopped,
+            "recorded": {p.parent.name: result_epochs(p) for p in experiment.glob("trial_*/result.json")},
+            "created": set(after) - set(before)}
 
 
-def check_resumed_exactly(experiment: Path, outcome: dict, way: str) -> None:
+def check_resumed_exactly(experiment: Path, stops: list[dict], trials: int, inits: set[str]) -> None:
     from study.fates import read_fate
     from study.summary import trial_ids
 
-    summary = pd.read_csv(experiment / "summary.csv")
+    summary = pd.read_csv(experiment / "summary.csv", dtype={"trial_id": str})
     configurations = summary[["model", "init", "lr", "gamma"]].apply(tuple, axis=1)
-    assert len(summary) == TRIALS and summary["trial_id"].is_unique, summary  # the budget, exactly
+    assert len(summary) == trials and summary["trial_id"].is_unique, summary  # the budget, exactly
     assert configurations.is_unique, summary  # no warm-start point ran twice
-    assert set(summary["init"]) == {"scratch", "finetune"} and set(summary["model"]) == {"segformer"}
+    assert set(summary["init"]) == inits and set(summary["model"]) == {"segformer"}, summary
     assert set(summary["stop_reason"]) <= {"completed", "stopped early (ASHA)"}, summary  # every trial ended
     assert (summary["status"] == "done").all()
-    assert sorted(summary["trial_id"].astype(str)) == trial_ids(str(experiment))
+    assert sorted(summary["trial_id"]) == trial_ids(str(experiment))
+    # only a SIGKILLed driver can leave a trial that Tune's saved state never knew: one Tune created in that run
+    created_before_a_kill = set().union(*[s["created"] for s in stops if s["stopped"]["graceful_s"] is None])
     for folder in experiment.glob("trial_*"):
         trial_id = folder.name.removeprefix("trial_")
         epochs = result_epochs(folder / "result.json")
         assert epochs == sorted(set(epochs)), f"{folder}: an epoch reported twice or out of order: {epochs}"
-        if trial_id in set(summary["trial_id"].astype(str)):
-            row = summary[summary["trial_id"].astype(str) == trial_id].iloc[0]
+        if trial_id in set(summary["trial_id"]):
+            row = summary[summary["trial_id"] == trial_id].iloc[0]
             assert epochs and epochs[-1] == row["epochs"], (epochs, row)
-            earlier = outcome["before"].get(folder.name, [])
-            assert epochs[: len(earlier)] == earlier  # what was recorded before the stop is kept, not retrained
-        else:  # only a SIGKILLed driver can leave a trial that Tune's saved state never knew
-            assert way == "sigkill", f"{folder} is no trial of the study after a graceful stop"
+            for s in stops:  # what was recorded before each stop is kept, not retrained
+                earlier = s["recorded"].get(folder.name, [])
+                assert epochs[: len(earlier)] == earlier, (s["moment"], s["way"], epochs, earlier)
+        else:
+            assert trial_id in created_before_a_kill, f"{folder} is no trial of the study, and no killed run made it"
             fate = read_fate(str(experiment), trial_id)
             assert fate.get("orphaned") and fate["fate"] == "interrupted", fate
-    target = outcome["target"]
-    if way == "sigterm" and (experiment / f"trial_{target}").is_dir():  # the running trial resumed, not rerun
-        assert target in set(summary["trial_id"].astype(str))
+    for s in stops:  # the trial running at a graceful stop resumed, not rerun
+        if s["way"] == "sigterm" and (experiment / f"trial_{s['target']}").is_dir():
+            assert s["target"] in set(summary["trial_id"]), (s, summary)
 
 
 def test_a_folder_unknown_to_tunes_saved_state_is_an_orphan_even_when_empty(tmp_path: Path, monkeypatch) -> None:
@@ -180,27 +227,36 @@ def test_a_folder_unknown_to_tunes_saved_state_is_an_orphan_even_when_empty(tmp_
     assert read_fate(str(experiment), "known0") == {} and trial_ids(str(experiment)) == ["known0"]
 
 
-@pytest.mark.parametrize("way", ["sigterm", "sigkill"])
-@pytest.mark.parametrize("moment", ["creating", "mid-epoch", "between"])
-def test_a_stopped_study_resumes_exactly(moment: str, way: str, ray_cluster: str, small_toy_root: Path, cache_dir: Path,
-                                         encoders: list[str], tmp_path: Path) -> None:
-    name = f"stop-{moment}-{way}-{os.getpid()}"
+@pytest.mark.timeout(900)
+def test_a_study_stopped_six_times_resumes_exactly(ray_cluster: str, small_toy_root: Path, cache_dir: Path,
+                                                   encoders: list[str], tmp_path: Path) -> None:
+    name = f"stops-{os.getpid()}"
     experiment = tmp_path / "st" / name
+    space = tmp_path / "asha_at_4.yaml"
+    space.write_text(ASHA_AT_4)
+    args = study_args(small_toy_root, cache_dir, tmp_path / "st", name, encoders, TRIALS, EPOCHS,
+                      "--space", str(space))
     env = {**os.environ, "RAY_ADDRESS": ray_cluster}
-    outcome = run_stop_and_resume(study_args(small_toy_root, cache_dir, tmp_path / "st", name, encoders), env,
-                                  experiment, moment, way)
-    check_resumed_exactly(experiment, outcome, way)
-    if outcome["stopped"]["graceful_s"] is not None:
-        print(f"{moment}/{way}: graceful stop took {outcome['stopped']['graceful_s']:.1f} s")
+    stops = []
+    for run, (moment, way) in enumerate(STOPS):
+        stops.append(run_and_stop([*args, *(["--resume"] if run else [])], env, experiment, moment, way,
+                                  tmp_path / f"run{run}.log"))
+        graceful = stops[-1]["stopped"]["graceful_s"]
+        print(f"{moment}/{way}: trial {stops[-1]['target']}" + (f", driver gone {graceful:.1f} s after SIGTERM"
+                                                                    if graceful is not None else ""))
+    resumed = subprocess.run([*args, "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=420)
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
+    check_resumed_exactly(experiment, stops, TRIALS, {"scratch", "finetune", "freeze"})
 
 
+@pytest.mark.timeout(600)
 def test_a_study_on_its_own_local_ray_resumes_exactly_after_sigterm(small_toy_root: Path, cache_dir: Path,
                                                                      encoders: list[str], tmp_path: Path) -> None:
-    """The driver starts (and takes down) its own Ray: stopped mid-epoch by SIGTERM, then resumed."""
+    """The driver starts (and takes down) its own Ray: one trial, stopped mid-epoch by SIGTERM, then resumed."""
     name = f"stop-local-{os.getpid()}"
     experiment = tmp_path / "st" / name
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    args = study_args(small_toy_root, cache_dir, tmp_path / "st", name, encoders)
+    args = study_args(small_toy_root, cache_dir, tmp_path / "st", name, encoders, 1, 4)
     driver = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
     try:  # its staging copy is in its own Ray session: watch storage instead (Tune syncs it every 2 s)
@@ -213,7 +269,8 @@ def test_a_study_on_its_own_local_ray_resumes_exactly_after_sigterm(small_toy_ro
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
             driver.wait()
-    before = {p.parent.name: result_epochs(p) for p in experiment.glob("trial_*/result.json")}
+    recorded = {p.parent.name: result_epochs(p) for p in experiment.glob("trial_*/result.json")}
     resumed = subprocess.run([*args, "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=420)
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
-    check_resumed_exactly(experiment, {"target": "", "stopped": stopped, "before": before}, "sigterm")
+    check_resumed_exactly(experiment, [{"moment": "mid-epoch", "way": "sigterm", "target": "", "stopped": stopped,
+                                        "recorded": recorded, "created": set()}], 1, {"scratch"})

@@ -134,7 +134,7 @@ def test_two_worker_ddp_trial_matches_single_process(ray_cluster: str, toy_root:
 
 
 def test_resume_after_the_driver_is_killed(ray_cluster: str, small_toy_root: Path, cache_dir: Path,
-                                           tmp_path: Path) -> None:
+                                           tmp_path: Path, capsys) -> None:
     """The Train runner's trials (the Tune runner's are stopped and resumed in every way in test_resume.py)."""
     from segmodels import build_model, save_encoder
 
@@ -159,8 +159,12 @@ def test_resume_after_the_driver_is_killed(ray_cluster: str, small_toy_root: Pat
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
     assert not (experiment / "summary.csv").exists()
-    refused = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True)
-    assert refused.returncode == 2 and "--resume" in refused.stderr
+    from study import run
+    from study.cli import main_guard
+
+    capsys.readouterr()
+    assert main_guard("study.run", run.main, args[2:]) == 2  # refused in this process: before any Ray call
+    assert "--resume" in capsys.readouterr().err and not (experiment / "summary.csv").exists()
     resumed = subprocess.run([sys.executable, *args, "--resume"], cwd=REPO, env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert_quiet_console(resumed.stdout + resumed.stderr)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from study.cli import OneLineParser, main_guard
+from study.cli import OneLineParser, exit_cli
 from study.config import SPLITS
 from study.data.formats import FORMATS, ID2LABEL_FILE, open_source
 from study.errors import ConfigError
@@ -61,4 +61,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main_guard("study.data.convert", main))
+    exit_cli("study.data.convert", main)

@@ -217,6 +217,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from study.cli import main_guard
+    from study.cli import exit_cli
 
-    raise SystemExit(main_guard("study.data.toy", main))
+    exit_cli("study.data.toy", main)
