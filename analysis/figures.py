@@ -277,28 +277,32 @@ def masks_figure(images: np.ndarray, targets: np.ndarray, preds: np.ndarray, fil
 MODEL_MARKERS = {"fcn_resnet50": "o", "segformer": "^"}
 
 
-def hyperparameter_scatter(table: pd.DataFrame, stem: Path) -> Path:
-    """lr and gamma against best val mIoU: colour = strategy (as everywhere), marker = model."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for (model, strategy), group in table.groupby(["model", "strategy"]):
-        for ax, column in zip(axes, ("lr", "gamma"), strict=True):
-            ax.scatter(group[column], group["best_val_miou"], color=STRATEGY_COLOURS.get(strategy, "grey"),
-                       marker=MODEL_MARKERS.get(model, "s"), s=50,
-                       label=f"{model_label(model)} / {strategy}",
+def hyperparameter_scatter(table: pd.DataFrame, stem: Path, keys: list[str]) -> Path:
+    """Each of ``keys`` (the searched keys other than model and init) against best val mIoU, one panel each:
+    colour = strategy (as everywhere), marker = model; a numeric key spanning a factor of 10 or more on a log
+    axis, a key of other values (an image size, class weights) as categories."""
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys) + 0.8, 4.2), sharey=True, squeeze=False)
+    axes = axes[0]
+    for ax, key in zip(axes, keys, strict=True):
+        numeric = pd.api.types.is_numeric_dtype(table[key])
+        values = table[key] if numeric else table[key].map(lambda v: "—" if v is None or v != v else str(v))
+        for (model, strategy), group in table.assign(_x=values).groupby(["model", "strategy"]):
+            ax.scatter(group["_x"], group["best_val_miou"], color=STRATEGY_COLOURS.get(strategy, "grey"),
+                       marker=MODEL_MARKERS.get(model, "s"), s=50, label=f"{model_label(model)} / {strategy}",
                        edgecolors=["black" if s.startswith("stopped") else "none" for s in group["stop_reason"]])
-    axes[0].set_xscale("log")
-    axes[0].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    axes[0].set_xlabel("learning rate (log)")
-    axes[1].set_xlabel("gamma (ExponentialLR)")
-    axes[0].set_ylabel("best val mIoU")
-    for ax in axes:
+        spread = table[key].dropna()
+        if numeric and len(spread) and spread.min() > 0 and spread.max() >= 10 * spread.min():
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel(key + (" (log)" if ax.get_xscale() == "log" else ""))
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5),
-                   title="model / strategy\n(black edge: stopped early)")
-    fig.suptitle("Hyperparameters against best validation mIoU")
+    axes[0].set_ylabel("best val mIoU")
+    axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5),
+                    title="model / strategy\n(black edge: stopped early)")
+    fig.suptitle("Searched hyperparameters against best validation mIoU")
     fig.tight_layout()
-    return _save(fig, stem,
-                 table[["trial_id", "model", "init", "strategy", "lr", "gamma", "best_val_miou", "stop_reason"]])
+    columns = ["trial_id", "model", "init", "strategy", *keys, "best_val_miou", "stop_reason"]
+    return _save(fig, stem, table[list(dict.fromkeys(columns))])
 
 
 def asha_stops(table: pd.DataFrame, max_epochs: int, rungs: list[int], stem: Path) -> Path:
@@ -337,27 +341,31 @@ def importance_figure(importances: dict[str, float], stem: Path) -> Path:
                  pd.DataFrame({"hyperparameter": list(importances), "importance": list(importances.values())}))
 
 
-def cost_figure(table: pd.DataFrame, stem: Path) -> Path:
-    """Best val mIoU of every trial against its model's forward GFLOPs per image (log x; ``study.summary.add_cost``):
-    colour = strategy (as everywhere), marker = model; each model's column is labelled with its parameters."""
+def cost_figure(table: pd.DataFrame, stem: Path, cost: str = "flops", xlabel: str | None = None) -> Path:
+    """Best val mIoU of every trained trial against a cost column of ``summary.csv`` (log x): ``flops`` (forward
+    GFLOPs per image, ``study.summary.add_cost``) or a measured one such as ``latency_ms``; colour = strategy (as
+    everywhere), marker = model; each model is labelled with its parameter count where known."""
     from analysis.load import model_label
 
-    costed = table.dropna(subset=["flops", "best_val_miou"])
+    costed = table.dropna(subset=[cost, "best_val_miou"])
+    scale = 1e9 if cost == "flops" else 1.0
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for (model, strategy), group in costed.groupby(["model", "strategy"]):
-        ax.scatter(group["flops"] / 1e9, group["best_val_miou"], color=STRATEGY_COLOURS.get(strategy, "grey"),
+        ax.scatter(group[cost] / scale, group["best_val_miou"], color=STRATEGY_COLOURS.get(strategy, "grey"),
                    marker=MODEL_MARKERS.get(model, "s"), s=50, label=f"{model_label(model)} / {strategy}",
                    edgecolors=["black" if s.startswith("stopped") else "none" for s in group["stop_reason"]])
     for model, group in costed.groupby("model"):
-        ax.annotate(f"{model_label(model)}\n{group['params'].iloc[0] / 1e6:.3g} M params",
-                    (group["flops"].iloc[0] / 1e9, group["best_val_miou"].max()), textcoords="offset points",
+        params = group["params"].iloc[0] if "params" in group else float("nan")
+        ax.annotate(model_label(model) + ("" if params != params else f"\n{params / 1e6:.3g} M params"),
+                    (group[cost].iloc[0] / scale, group["best_val_miou"].max()), textcoords="offset points",
                     xytext=(6, 6), fontsize=7)
     ax.set_xscale("log")
-    ax.set_xlabel("forward GFLOPs per image at the trial's image size (log)")
+    ax.set_xlabel(xlabel or ("forward GFLOPs per image at the trial's image size (log)" if cost == "flops"
+                             else f"{cost} (log)"))
     ax.set_ylabel("best val mIoU")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5),
               title="model / strategy\n(black edge: stopped early)")
     ax.set_title("Quality against cost")
-    return _save(fig, stem, costed[["trial_id", "model", "strategy", "params", "flops", "best_val_miou",
-                                    "stop_reason"]])
+    columns = ["trial_id", "model", "strategy", "params", "flops", cost, "best_val_miou", "stop_reason"]
+    return _save(fig, stem, costed[[c for c in dict.fromkeys(columns) if c in costed.columns]])

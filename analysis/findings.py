@@ -12,6 +12,9 @@ The claims are derived from what the study ran (``derive_claims``), so any model
 - for each pair of models with a fine-tuned run: the first's validation curve is less unstable than the
   second's (the report's claim 5, on their best fine-tuned configurations, as Fig 10 compares them); with
   ``compare_best``, also each pair's best configurations against each other on test mIoU.
+- **Which model** (``which_model``): each pair of models' best configurations on test mIoU, the val winner as
+  group a, in a Holm family of their own, so the claims above keep their adjusted p-values whatever models ran;
+  ``model_headline`` says whether the best model's lead over the runner-up is decided.
 Claims are numbered as the report numbered its five: fine-tune against scratch one number per model, then
 one number per kind. For the report preset's grid (FCN ResNet-50, SegFormer) that gives exactly the report's
 claims, texts and order, so its rows and numbers are those of the five claims tested by name before.
@@ -128,21 +131,64 @@ def derive_claims(df: pd.DataFrame, compare_best: bool = False) -> tuple[Claim, 
     return tuple(claims)
 
 
-def _best_against_best(df: pd.DataFrame, models: list[str]) -> list[Claim]:
-    """Each pair of models' best strategies (the highest mean best val mIoU of their chosen configurations,
-    completed trials only) on test mIoU: the val winner is group a, so the claim is that it also wins on test."""
+def model_ranking(df: pd.DataFrame) -> list[tuple[str, str, float]]:
+    """(model, strategy, mean best val mIoU) of each model's best strategy, best first: among each model's
+    strategies, the chosen configuration (``best_configuration_trials``, completed trials only) with the highest
+    mean best val mIoU. Chosen on val, so the test split that then compares them chose nothing."""
     best = {}
-    for model in models:
+    for model in sorted({m for m in df["model"] if isinstance(m, str)}):
         scores = trial_table(completed(df[df["model"] == model])).set_index("trial_id")["best_val_miou"]
         means = {s: scores.reindex(ids).mean() for s, ids in best_configuration_trials(df, model).items()}
         if means:
             best[model] = max(means.items(), key=lambda item: item[1])
+    return sorted(((m, s, float(v)) for m, (s, v) in best.items()), key=lambda item: -item[2])
+
+
+def _best_against_best(df: pd.DataFrame, models: list[str]) -> list[Claim]:
+    """Each pair of models' best strategies (``model_ranking``) on test mIoU: the val winner is group a, so the
+    claim is that it also wins on test."""
+    best = {model: (strategy, value) for model, strategy, value in model_ranking(df) if model in models}
     claims = []
     for a, b in itertools.combinations(sorted(best), 2):
         a, b = (b, a) if best[b][1] > best[a][1] else (a, b)
         claims.append(Claim(f"{model_label(a)}'s best configuration beats {model_label(b)}'s", "test_miou",
                             (a, best[a][0]), (b, best[b][0])))
     return claims
+
+
+def which_model(df: pd.DataFrame, test_miou: pd.Series | None = None, margin: float = DEFAULT_MARGIN) -> pd.DataFrame:
+    """The best-against-best rows (``FINDINGS_COLUMNS``) of every pair of models, in a Holm family of their own:
+    adding them to the claims' family would change the claims' adjusted p-values, and the question they answer
+    ("which model?") is a separate one. Empty with fewer than two models that completed a trial."""
+    models = sorted({m for m in df["model"] if isinstance(m, str)})
+    claims = tuple(_best_against_best(df, models))
+    if not claims:
+        return pd.DataFrame(columns=FINDINGS_COLUMNS)
+    return findings(df, margin, claims=claims, test_miou=test_miou)
+
+
+def model_headline(ranking: list[tuple[str, str, float]], rows: pd.DataFrame) -> str:
+    """The report's sentence on which model is best (``ranking``: ``model_ranking``; ``rows``: ``which_model``):
+    the val winner, and whether its lead over the runner-up on test is decided (significant after Holm)."""
+    if len(ranking) < 2:
+        return ""
+    (best, strategy, val), (second, second_strategy, _) = ranking[:2]
+    pair = {group_label((best, strategy)), group_label((second, second_strategy))}
+    match = rows[[{a, b} == pair for a, b in zip(rows["group_a"], rows["group_b"], strict=True)]]
+    head = (f"**Best model:** {model_label(best)} (its best configuration, {strategy}, has the highest mean best "
+            f"val mIoU, {val:.4f})")
+    if not len(match) or match.iloc[0]["n_a"] == 0 or match.iloc[0]["n_b"] == 0:
+        return head + f"; its lead over {model_label(second)} could not be tested on test."
+    row = match.iloc[0]
+    told = (f"test mIoU {row['mean_a']:.4f} against {row['mean_b']:.4f}, n={row['n_a']}/{row['n_b']} seeds"
+            + ("" if math.isnan(row["p_holm"]) else f", Holm p = {row['p_holm']:.3g}"))
+    if row["verdict"] == "holds":
+        return head + f"; its lead over {model_label(second)} is **decided** on test ({told})."
+    if row["verdict"] == "reversed":
+        return head + f", but on test {model_label(second)} is significantly better ({told}): the lead is reversed."
+    why = f"a verdict needs at least {MIN_SEEDS} seeds per group" if math.isnan(row["p_holm"]) else \
+        "the difference is within the spread between seeds"
+    return head + f"; its lead over {model_label(second)} is **not decided** ({told}; {why})."
 
 
 def instability(curve: np.ndarray) -> float:
@@ -165,7 +211,8 @@ def trial_scores(df: pd.DataFrame, test_miou: pd.Series | None = None) -> pd.Dat
         first = group.iloc[0]
         test = test_miou.get(trial_id, math.nan) if test_miou is not None else math.nan
         rows.append({"trial_id": trial_id, "model": first["model"], "strategy": first["strategy"],
-                     "lr": first["lr"], "gamma": first["gamma"], "seed": first["seed"], "test_miou": test,
+                     "lr": first.get("lr", math.nan), "gamma": first.get("gamma", math.nan), "seed": first["seed"],
+                     "test_miou": test,
                      "best_val_miou": curve.max(), "first_val_miou": curve[0],
                      "val_miou_instability": instability(curve)})
     return pd.DataFrame(rows, columns=["trial_id", "model", "strategy", "lr", "gamma", "seed", *SCORES])

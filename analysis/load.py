@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from study import storage
-from study.errors import DataError
+from foundation import storage
+from foundation.errors import DataError
 from study.layout import CHECKPOINT_FILE, STUDY_FILE, best_trial_checkpoint
-from study.summary import HYPERPARAMETERS, add_cost, load_history, results_experiment, summary_table, trial_ids
+from study.summary import add_cost, load_history, results_experiment, searched_columns, summary_table, trial_ids
 
 STRATEGY_ORDER = ("scratch", "fine-tune", "fine-tune lr/2", "freeze")
 STRATEGY_COLOURS = {"scratch": "tab:orange", "fine-tune": "tab:blue", "fine-tune lr/2": "tab:green",
@@ -102,7 +102,7 @@ def strategy_labels(df: pd.DataFrame) -> pd.Series:
     nothing else differed (the report's SegFormer fine-tune at lr and lr/2), the lower is '<init> lr/k', k their
     ratio: the claims' equivalence test. A search's configurations differ in more than lr, so they never are."""
     labels = df["init"].map(INIT_LABEL).fillna(df["init"])
-    others = [c for c in HYPERPARAMETERS if c not in ("model", "init", "lr") and c in df.columns]
+    others = [c for c in configuration_keys(df) if c not in ("model", "init", "lr")]
     for (model, init), group in df.groupby(["model", "init"]):
         lrs = sorted(set(group["lr"]))
         if len(lrs) == 2 and all(group[c].nunique(dropna=False) == 1 for c in others):
@@ -129,12 +129,59 @@ def best_configuration_trials(df: pd.DataFrame, model: str) -> dict[str, list[st
     strategy's best completed trial; the curves, Fig 10, the test evaluation and the findings all take a
     strategy's runs from here. A strategy with no completed trial is absent."""
     table = trial_table(completed(df[df["model"] == model])).dropna(subset=["best_val_miou"])
+    keys = configuration_keys(table)
     chosen = {}
     for strategy, group in table.groupby("strategy", sort=False):
-        means = group.groupby(list(HYPERPARAMETERS))["best_val_miou"].mean()
-        best = group.set_index(list(HYPERPARAMETERS)).loc[[means.idxmax()]]
-        chosen[strategy] = list(best.sort_values("seed")["trial_id"])
+        chosen[strategy] = best_configuration(group, keys)
     return chosen
+
+
+def configuration_keys(table: pd.DataFrame) -> list[str]:
+    """The columns whose values make a configuration: the summary's searched columns (``study.summary``) that
+    ``table`` has. A key that is neither searched nor fixed (a NaN column) is kept: it groups as one value."""
+    return [c for c in searched_columns(table) if c in table.columns]
+
+
+def best_configuration(trials: pd.DataFrame, keys: list[str]) -> list[str]:
+    """The trial ids (by seed) of the configuration (equal ``keys``, a missing value equal to a missing one) with
+    the highest mean best val mIoU among ``trials`` (one row per trial)."""
+    grouped = trials.assign(**{k: [tuple(v) if isinstance(v, list) else v for v in trials[k]] for k in keys})
+    means = grouped.groupby(keys, dropna=False, sort=False)["best_val_miou"].mean()
+    best = means.idxmax() if len(keys) > 1 else (means.idxmax(),)
+    match = pd.Series(True, index=grouped.index)
+    for key, value in zip(keys, best, strict=True):
+        match &= grouped[key].isna() if _missing(value) else grouped[key] == value
+    chosen = grouped[match]
+    return list((chosen.sort_values("seed") if "seed" in chosen else chosen)["trial_id"])
+
+
+def searched_keys(settings: dict, table: pd.DataFrame) -> list[str]:
+    """The keys a study searched, as it recorded them: those of ``study.json``'s ``space`` that take more than one
+    value, then those its ``points`` give, that ``table`` has a value of; a study that recorded neither: the
+    summary's searched columns (``configuration_keys``) with a value."""
+    space, points = settings.get("space") or {}, settings.get("points") or []
+    recorded = [k for k, entry in space.items() if not _fixed(entry)] + [k for p in points for k in p]
+    keys = list(dict.fromkeys(recorded)) if recorded else configuration_keys(table)
+    return [k for k in keys if k in table.columns and table[k].notna().any()]
+
+
+def _fixed(entry: object) -> bool:
+    """A space entry that takes one value: a bare value, or a choice or grid of one (in memory's form
+    ``["choice", [...]]`` or the file's ``{"choice": [...]}``)."""
+    if isinstance(entry, dict) and len(entry) == 1:
+        kind, args = next(iter(entry.items()))
+        args = [args]
+    elif isinstance(entry, (list, tuple)) and entry and isinstance(entry[0], str):
+        kind, args = entry[0], list(entry[1:])
+    else:
+        return True
+    if kind in ("loguniform", "uniform", "randint"):
+        return False
+    return kind not in ("choice", "grid") or not args or not isinstance(args[0], (list, tuple)) or len(args[0]) <= 1
+
+
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
 
 
 def mirror_experiment(uri: str, local: str | Path) -> Path:

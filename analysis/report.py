@@ -6,8 +6,10 @@ Evaluates the best checkpoint of every seed of each strategy's best configuratio
 split, then writes dataset samples (Figs 1-2), training curves per strategy (Figs 4-5; with
 repeated seeds, their mean with a bootstrap band), the best fine-tuned FCN against the best
 fine-tuned SegFormer (Fig 10), confusion matrices, ROC curves and predicted masks (Figs 6-9),
-the report's claims as tested findings (``findings.csv``, ``analysis.findings``), and beyond the
-report: hyperparameter importance, lr/gamma against best val mIoU, and where ASHA stopped each trial.
+the report's claims as tested findings (``findings.csv``, ``analysis.findings``), which model is best
+(``which_model.csv``, a Holm family of its own), and beyond the report: every searched key against best val mIoU
+and its importance, quality against cost, where ASHA stopped each trial, and with several objectives or
+constraints in ``study.json`` the Pareto set chosen on val and tested on test (``analysis.objectives_report``).
 """
 
 from __future__ import annotations
@@ -21,34 +23,50 @@ import numpy as np
 import pandas as pd
 
 from analysis import figures as fig
-from analysis.findings import DEFAULT_MARGIN, MIN_SEEDS, describe, findings, mean_ci
+from analysis import objectives_report as objectives
+from analysis.findings import (
+    DEFAULT_MARGIN,
+    MIN_SEEDS,
+    describe,
+    findings,
+    mean_ci,
+    model_headline,
+    model_ranking,
+    which_model,
+)
+from analysis.importance import hyperparameter_importance
 from analysis.load import (
+    best_configuration,
     best_configuration_trials,
     completed,
+    configuration_keys,
     load_experiment,
     mirror_experiment,
     model_colours,
     model_label,
+    searched_keys,
     study_settings,
     trial_table,
 )
+from analysis.pareto import INFEASIBLE
 from analysis.score import per_class_frame, score_checkpoint
-from study import storage
+from foundation import storage
+from foundation.errors import ConfigError, DataError
+from foundation.io import atomic_write_text, write_json
 from study.cli import OneLineParser, exit_cli
 from study.config import DEVICES
 from study.data import Labels, build_dataset
 from study.data.formats import FORMATS
 from study.data.transforms import denormalize, normalize
-from study.errors import ConfigError, DataError
-from study.io import atomic_write_text, write_json
 from study.layout import model_slug
-from study.summary import HYPERPARAMETERS, results_experiment
+from study.summary import results_experiment
 from study.task import load_task
 
 log = logging.getLogger(__name__)
 
 SAMPLE_SIZES = {"pets": "128", "cityscapes": "128x256"}
 FINDINGS_FILE = "findings.csv"
+WHICH_MODEL_FILE = "which_model.csv"
 PER_CLASS_FILE = "per_class_iou.csv"
 TEST_SUMMARY_COLUMNS = ("model", "strategy", "lr", "gamma", "seeds", "test_miou_mean", "ci_low", "ci_high")
 
@@ -104,6 +122,48 @@ def _write_report(experiment: Path, data_root: str | Path | None, out: Path, cac
     figures: list[tuple[Path, str]] = []
     notes: list[str] = []
 
+    figures += _sample_figures(settings, dataset, data_root, cache_dir, out, notes)
+    configurations = {model: chosen for model in sorted(set(df["model"].dropna()))
+                      if (chosen := best_configuration_trials(df, model))}
+    figures += _curve_figures(df, table, configurations, out, notes)
+    table["test_miou"] = math.nan  # Figs 6-9: each seed of each strategy's best configuration on the test split
+    keys = searched_keys(settings, table)
+    scoring = dict(dataset=dataset, data_root=data_root, device=device, cache_dir=cache_dir)
+    test_summary, figured = _score_configurations(table, configurations, out, figures, notes, scoring)
+    test_summary.to_csv(out / "test_summary.csv", index=False)
+    per_class = per_class_table(figured)
+    per_class.to_csv(out / PER_CLASS_FILE, index=False)
+    _score_trials(table, objectives.pareto_trial_ids(table, settings, keys), notes, scoring)  # the val Pareto set
+    margin = margin if margin is not None else settings.get("equivalence_margin", DEFAULT_MARGIN)
+    test_miou = table.set_index("trial_id")["test_miou"]
+    found = findings(df, margin, test_miou=test_miou)  # chosen on val, tested on test
+    found.to_csv(out / FINDINGS_FILE, index=False)
+    models = which_model(df, test_miou, margin)  # their own Holm family
+    models.to_csv(out / WHICH_MODEL_FILE, index=False)
+    figures += _analysis_figures(table, settings, keys, experiment, out, notes)
+    front_figures, sections, front_notes = objectives.objective_report(table, settings, keys, out)
+    figures += front_figures
+    notes += front_notes
+    sections = [*([line, ""] if (line := model_headline(model_ranking(df), models)) else []), *sections,
+                *objectives.which_model_lines(models, table["seed"].nunique()),
+                *objectives.infeasible_lines(table, keys)]
+
+    if remote:  # name the checkpoints where they really are
+        table["best_checkpoint"] = [storage.join(remote, Path(p).relative_to(experiment).as_posix()) if p else ""
+                                    for p in table["best_checkpoint"]]
+    table.to_csv(out / "trials.csv", index=False)
+    confirmed = results_experiment(str(experiment)) != str(experiment)  # the trials are a confirm stage's
+    markdown = render_markdown(storage.display(remote or experiment), settings, table, figures, notes, out,
+                               found, test_summary, margin, confirmed, per_class, keys=keys, sections=sections)
+    atomic_write_text(out / "report.md", markdown)
+    log.info("report written to %s", out / "report.md")
+    return out / "report.md"
+
+
+def _sample_figures(settings: dict, dataset: str, data_root: str | Path, cache_dir: str | None, out: Path,
+                    notes: list[str]) -> list[tuple[Path, str]]:
+    """Figs 1-2: four training images of the study's task and of the encoders' pretraining, beside their masks."""
+    figures = []
     task_labels = Labels(tuple(settings["classes"]) if settings.get("classes") else None,  # as study.json has them
                          settings.get("ignore_index", 255), settings.get("reduce_zero_label"))
     for name in dict.fromkeys((dataset, "cityscapes")):  # Figs 1-2: the study's task, and the encoders' pretraining
@@ -117,13 +177,16 @@ def _write_report(experiment: Path, data_root: str | Path | None, out: Path, cac
         images = (denormalize(normalize(data.images[pick])).permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)
         figures.append((fig.dataset_samples(images, data.masks[pick].numpy(), [data.files[i] for i in pick],
                                             data.class_names, f"4 random {name} training images and labels",
-                                            out / f"samples_{name}", getattr(data, "palette", None),
-                                            data.ignore_index),
+                                            out / f"samples_{name}", ignore_index=data.ignore_index),
                         f"Four random {name} training images beside their label masks."))
+    return figures
 
-    configurations = {model: chosen for model in sorted(set(df["model"].dropna()))
-                      if (chosen := best_configuration_trials(df, model))}
-    for (model, strategy), _ in table.groupby(["model", "strategy"]):
+
+def _curve_figures(df: pd.DataFrame, table: pd.DataFrame, configurations: dict, out: Path,
+                   notes: list[str]) -> list[tuple[Path, str]]:
+    """Figs 4-5 and 10: the curves of each strategy's best configuration, and every model's best fine-tune."""
+    figures = []
+    for (model, strategy), _ in objectives.trained(table).groupby(["model", "strategy"]):
         if strategy not in configurations.get(model, {}):
             notes.append(f"{model_label(model)} {strategy}: no trial completed its epochs, so it has no "
                          "curve, test evaluation or finding.")
@@ -149,8 +212,13 @@ def _write_report(experiment: Path, data_root: str | Path | None, out: Path, cac
     else:
         notes.append("No comparison of fine-tuned models: fewer than two models have a fine-tuned trial that "
                      "completed its epochs.")
+    return figures
 
-    table["test_miou"] = math.nan  # Figs 6-9: each seed of each strategy's best configuration on the test split
+
+def _score_configurations(table: pd.DataFrame, configurations: dict, out: Path, figures: list, notes: list[str],
+                          scoring: dict) -> tuple[pd.DataFrame, dict[str, dict]]:
+    """Every seed of each strategy's best configuration on the test split (``table``'s ``test_miou``), the
+    figures of its first seed; returns the test summary and the metrics of the checkpoints the figures show."""
     test_rows = []
     figured: dict[str, dict] = {}  # label -> metrics of the checkpoint whose figures the report shows
     for model, chosen in configurations.items():
@@ -159,58 +227,67 @@ def _write_report(experiment: Path, data_root: str | Path | None, out: Path, cac
             label = f"{model_label(model)} {strategy}"
             stem = out / "test" / f"{model_slug(model)}_{runs.iloc[0]['init']}{_lr_suffix(strategy)}"
             for rank, run in enumerate(runs.itertuples()):
-                if not run.best_checkpoint:
-                    notes.append(f"No checkpoint for {label} (trial {run.trial_id}): not evaluated.")
-                    continue
-                result = score_checkpoint(run.best_checkpoint, dataset, data_root, "test", device,
-                                          cache_dir=cache_dir, figures=stem if rank == 0 else None, title=label)
-                table.loc[table["trial_id"] == run.trial_id, "test_miou"] = result["miou"]
-                if rank == 0:
+                result = _score_trial(table, run, label, notes, scoring, stem if rank == 0 else None)
+                if rank == 0 and result is not None:
                     write_json(stem / "metrics.json", result)
                     figures += captioned_test_figures(stem, label, run.trial_id, len(result["class_names"]))
                     figured[label] = result
             evaluated = table.loc[table["trial_id"].isin(trial_ids), "test_miou"].dropna().to_numpy()
             mean, low, high = mean_ci(evaluated)
-            test_rows.append({"model": model, "strategy": strategy, "lr": runs.iloc[0]["lr"],
-                              "gamma": runs.iloc[0]["gamma"], "seeds": len(evaluated), "test_miou_mean": mean,
-                              "ci_low": low, "ci_high": high})
-    test_summary = pd.DataFrame(test_rows, columns=TEST_SUMMARY_COLUMNS)
-    test_summary.to_csv(out / "test_summary.csv", index=False)
-    per_class = per_class_table(figured)
-    per_class.to_csv(out / PER_CLASS_FILE, index=False)
-    margin = margin if margin is not None else settings.get("equivalence_margin", DEFAULT_MARGIN)
-    found = findings(df, margin, test_miou=table.set_index("trial_id")["test_miou"])  # chosen on val, tested on test
-    found.to_csv(out / FINDINGS_FILE, index=False)
+            test_rows.append({"model": model, "strategy": strategy, "lr": runs.iloc[0].get("lr", math.nan),
+                              "gamma": runs.iloc[0].get("gamma", math.nan), "seeds": len(evaluated),
+                              "test_miou_mean": mean, "ci_low": low, "ci_high": high})
+    return pd.DataFrame(test_rows, columns=TEST_SUMMARY_COLUMNS), figured
 
-    figures.append((fig.hyperparameter_scatter(table, out / "hyperparameters"),
-                    "Learning rate and gamma against best val mIoU, coloured by model and strategy."))
-    if table["flops"].notna().any():
-        figures.append((fig.cost_figure(table, out / "cost"),
-                        "Best val mIoU of every trial against its model's forward GFLOPs per image at the trial's "
-                        "image size (log scale), each model labelled with its parameter count (`summary.csv`'s "
-                        "`params` and `flops`)."))
+
+def _score_trial(table: pd.DataFrame, run, label: str, notes: list[str], scoring: dict,
+                 stem: Path | None = None) -> dict | None:
+    """One trial's best checkpoint on the test split, recorded in ``table``'s ``test_miou``; figures into
+    ``stem`` when given. None (and a note) for a trial without a checkpoint."""
+    if not run.best_checkpoint:
+        notes.append(f"No checkpoint for {label} (trial {run.trial_id}): not evaluated.")
+        return None
+    result = score_checkpoint(run.best_checkpoint, scoring["dataset"], scoring["data_root"], "test",
+                              scoring["device"], cache_dir=scoring["cache_dir"], figures=stem, title=label)
+    table.loc[table["trial_id"] == run.trial_id, "test_miou"] = result["miou"]
+    return result
+
+
+def _score_trials(table: pd.DataFrame, trial_ids: list[str], notes: list[str], scoring: dict) -> None:
+    """The trials among ``trial_ids`` not yet scored on test, scored (no figures): the Pareto set's seeds."""
+    todo = table[table["trial_id"].isin(trial_ids) & table["test_miou"].isna()]
+    for run in todo.itertuples():
+        _score_trial(table, run, f"{model_label(run.model)} {run.strategy}", notes, scoring)
+
+
+def _analysis_figures(table: pd.DataFrame, settings: dict, keys: list[str], experiment: Path, out: Path,
+                      notes: list[str]) -> list[tuple[Path, str]]:
+    """Beyond the report: the searched keys against val mIoU, quality against cost, where ASHA stopped each trial,
+    and hyperparameter importance, all over the trials that trained."""
+    trained = objectives.trained(table)
+    figures = []
+    numeric = [k for k in keys if k not in ("model", "init") and trained[k].map(repr).nunique() > 1]
+    if numeric:
+        figures.append((fig.hyperparameter_scatter(trained, out / "hyperparameters", numeric),
+                        f"Each searched hyperparameter ({', '.join(numeric)}) against best val mIoU, coloured by "
+                        "model and strategy."))
+    axis = objectives.cost_axis(trained)
+    if axis is not None:
+        figures.append((fig.cost_figure(trained, out / "cost", axis[0], axis[1]), axis[2]))
     confirmed = results_experiment(str(experiment)) != str(experiment)  # the trials are a confirm stage's
     if settings.get("scheduler") == "asha" and not confirmed:
         grace, factor, epochs = settings["grace_period"], settings["reduction_factor"], settings["epochs"]
         rungs = [grace * factor**k for k in range(10) if grace * factor**k < epochs]
-        figures.append((fig.asha_stops(table, epochs, rungs, out / "asha_stops"),
+        figures.append((fig.asha_stops(trained, epochs, rungs, out / "asha_stops"),
                         "Epochs each trial reached before ASHA stopped it (or it completed)."))
-    importances = hyperparameter_importance(table)
+    importances = hyperparameter_importance(trained, keys, settings.get("space"))
     if importances:
         figures.append((fig.importance_figure(importances, out / "importance"),
-                        "Hyperparameter importance for best val mIoU (Optuna's fANOVA over the finished trials)."))
+                        "Hyperparameter importance for best val mIoU (Optuna's fANOVA over the finished trials) of "
+                        f"every searched key that varied ({', '.join(importances)})."))
     else:
         notes.append("No hyperparameter importance: fewer than 3 trials with scores, or no varied hyperparameter.")
-
-    if remote:  # name the checkpoints where they really are
-        table["best_checkpoint"] = [storage.join(remote, Path(p).relative_to(experiment).as_posix()) if p else ""
-                                    for p in table["best_checkpoint"]]
-    table.to_csv(out / "trials.csv", index=False)
-    markdown = render_markdown(storage.display(remote or experiment), settings, table, figures, notes, out,
-                               found, test_summary, margin, confirmed, per_class)
-    atomic_write_text(out / "report.md", markdown)
-    log.info("report written to %s", out / "report.md")
-    return out / "report.md"
+    return figures
 
 
 def captioned_test_figures(stem: Path, label: str, trial_id: str, classes: int) -> list[tuple[Path, str]]:
@@ -261,48 +338,20 @@ def _per_class_section(per_class: pd.DataFrame) -> list[str]:
     return lines + [""]
 
 
-def hyperparameter_importance(table: pd.DataFrame) -> dict[str, float]:
-    """Optuna's importance evaluator on the trials' best val mIoU (varied hyperparameters only)."""
-    import optuna
-    from optuna.distributions import CategoricalDistribution, FloatDistribution
-
-    scored = table.dropna(subset=["best_val_miou"])
-    varied = [c for c in ("model", "init", "lr", "gamma") if scored[c].nunique() > 1]
-    if len(scored) < 3 or not varied:
-        return {}
-    distributions = {
-        "model": CategoricalDistribution(sorted(scored["model"].unique())),
-        "init": CategoricalDistribution(sorted(scored["init"].unique())),
-        "lr": FloatDistribution(scored["lr"].min(), scored["lr"].max(), log=True),
-        "gamma": FloatDistribution(scored["gamma"].min(), scored["gamma"].max()),
-    }
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize")
-    for row in scored.itertuples():
-        params = {c: (float(getattr(row, c)) if c in ("lr", "gamma") else getattr(row, c)) for c in varied}
-        study.add_trial(optuna.trial.create_trial(params=params, distributions={c: distributions[c] for c in varied},
-                                                  value=float(row.best_val_miou)))
-    try:
-        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-        return dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
-    except (ValueError, RuntimeError) as exc:
-        log.warning("hyperparameter importance failed: %s", exc)
-        return {}
-
-
 def _ended(row: object) -> str:
     """The table's "stopped early" cell: yes (ASHA), no (completed), or the recorded fate otherwise."""
     return {"stopped early (ASHA)": "yes", "completed": "no"}.get(row.stop_reason, row.stop_reason)
 
 
-def _headline(table: pd.DataFrame) -> str:
+def _headline(table: pd.DataFrame, keys: list[str] | None = None) -> str:
     """The best configuration, chosen as every strategy's is (highest mean best val mIoU over its completed
-    seeds), told by its mean over those seeds (with a 95 % CI when it has several), not by its luckiest seed."""
-    done = completed(table).dropna(subset=["best_val_miou"])
+    seeds, equal ``keys``: default the summary's searched columns), told by its mean over those seeds (with a
+    95 % CI when it has several), not by its luckiest seed, and by every searched key it sets."""
+    done = completed(objectives.trained(table)).dropna(subset=["best_val_miou"])
     if not len(done):
         return "**Best configuration:** none: no trial completed its epochs."
-    means = done.groupby(list(HYPERPARAMETERS))["best_val_miou"].mean()
-    runs = done.set_index(list(HYPERPARAMETERS)).loc[[means.idxmax()]].reset_index()
+    keys = keys or configuration_keys(done)
+    runs = done[done["trial_id"].isin(best_configuration(done, configuration_keys(done)))]
     first = runs.iloc[0]
     told = []
     for column, name in (("best_val_miou", "best val mIoU"), ("test_miou", "test mIoU")):
@@ -310,9 +359,23 @@ def _headline(table: pd.DataFrame) -> str:
         if not math.isnan(mean):
             told.append(f"{name} {mean:.4f}" + (f" [95 % CI {low:.4f}, {high:.4f}]" if not math.isnan(low) else ""))
     seeds = f"mean over {len(runs)} seeds" if len(runs) > 1 else f"one seed, trial `{first['trial_id']}`"
+    shown = [f"{k} {_cell(first[k], k)}" if k != "init" else f"init `{first['init']}`" for k in keys
+             if k != "model" and k in first and not _unset(first[k])]
     return (f"**Best configuration:** {model_label(first['model'])}, {first['strategy']} "
-            f"(init `{first['init']}`, lr {first['lr']:.3g}, gamma {first['gamma']:.4g}), {seeds}: "
-            + ", ".join(told) + ".")
+            f"({', '.join(shown)}), {seeds}: " + ", ".join(told) + ".")
+
+
+def _unset(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _cell(value: object, key: str = "") -> str:
+    """A searched key's value in a table: lr to 3 significant digits, other numbers to 4, a dash when unset."""
+    if _unset(value):
+        return "—"
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.3g}" if key == "lr" else f"{value:.4g}"
+    return str(value)
 
 
 def _test_section(test_summary: pd.DataFrame, dataset: str) -> list[str]:
@@ -335,15 +398,19 @@ def _test_section(test_summary: pd.DataFrame, dataset: str) -> list[str]:
 def render_markdown(experiment: str, settings: dict, table: pd.DataFrame, figures: list[tuple[Path, str]],
                     notes: list[str], out: Path, found: pd.DataFrame | None = None,
                     test_summary: pd.DataFrame | None = None, margin: float = DEFAULT_MARGIN,
-                    confirmed: bool = False, per_class: pd.DataFrame | None = None) -> str:
+                    confirmed: bool = False, per_class: pd.DataFrame | None = None, keys: list[str] | None = None,
+                    sections: list[str] | None = None) -> str:
     """``confirmed``: the trials are a search's confirm stage (``study.summary.results_experiment``);
-    ``per_class``: ``per_class_table``."""
+    ``per_class``: ``per_class_table``; ``keys``: the searched keys (``analysis.load.searched_keys``; default the
+    summary's searched columns); ``sections``: lines after the headline (which model, Pareto set, ...)."""
     errored = table[table["status"] == "error"]
     scored = table.dropna(subset=["best_val_miou"])
     seeds = table["seed"].nunique()
-    unfinished = table[table["status"].isin(["interrupted", "running"])]
+    refused = table["stop_reason"] == INFEASIBLE
+    unfinished = table[table["status"].isin(["interrupted", "running"]) & ~refused]
     notes_on_count = [f"{len(errored)} errored, listed below"] if len(errored) else []
     notes_on_count += [f"{len(unfinished)} interrupted or still running"] if len(unfinished) else []
+    notes_on_count += [f"{refused.sum()} infeasible, never trained, listed below"] if refused.any() else []
     count = f"{len(table)} trials" + (f" ({'; '.join(notes_on_count)})" if notes_on_count else "")
     lines = [
         f"# segstudy report: {experiment.rstrip('/').rsplit('/', 1)[-1]}",
@@ -359,7 +426,8 @@ def render_markdown(experiment: str, settings: dict, table: pd.DataFrame, figure
                   f"each rerun with {seeds} seed(s) to the full epochs without early stopping. The search's own "
                   "trials are in `search_summary.csv`.", ""]
     if len(scored):
-        lines += [_headline(table), ""]
+        lines += [_headline(table, keys), ""]
+    lines += sections or []
     if found is not None and len(found):
         lines += _findings_section(found, margin, seeds, grid=settings.get("searcher") == "grid")
     elif found is not None:  # nothing the claims compare ran: say so rather than leave the section out
@@ -371,21 +439,11 @@ def render_markdown(experiment: str, settings: dict, table: pd.DataFrame, figure
         lines.append("")
     if per_class is not None and len(per_class):
         lines += _per_class_section(per_class)
-    lines += ["## Configurations", "",
-              "| trial | model | strategy | lr | gamma | seed | epochs | stopped early | best val mIoU | test mIoU |",
-              "| --- | --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
-    for row in table[table["status"] != "error"].itertuples():
-        best_val, test = (("—" if math.isnan(v) else f"{v:.4f}") for v in (row.best_val_miou, row.test_miou))
-        lines.append(f"| {row.trial_id} | {model_label(row.model)} | {row.strategy} | {row.lr:.3g} | "
-                     f"{row.gamma:.4g} | {row.seed} | {row.epochs} | "
-                     f"{_ended(row)} | {best_val} | {test} |")
-    lines += ["", "Test mIoU is given for every seed of each strategy's best configuration.", ""]
-    if len(errored):
-        lines += ["## Errored trials", "", f"{len(errored)} of {len(table)} trials ended with an error (details: "
-                  "`errors/<trial>.txt`, or Tune's `trial_<id>/error.txt`):", ""]
-        lines += [f"- `{row.trial_id}` {model_label(row.model)} {row.strategy} (seed {row.seed}): "
-                  f"{row.error}" for row in errored.itertuples()]
-        lines.append("")
+    lines += _configurations_section(table[~refused], keys)
+    lines += ["", "Test mIoU is given for every seed of each strategy's best configuration"
+              + (" and of each configuration in the Pareto set." if sections and "## Pareto set" in sections else ".")
+              , ""]
+    lines += _errored_section(errored, len(table))
     lines += ["## Figures", ""]
     for k, (path, caption) in enumerate(figures, start=1):
         rel = path.relative_to(out)
@@ -394,6 +452,34 @@ def render_markdown(experiment: str, settings: dict, table: pd.DataFrame, figure
     if notes:
         lines += ["## Notes", ""] + [f"- {note}" for note in notes] + [""]
     return "\n".join(lines)
+
+
+def _errored_section(errored: pd.DataFrame, trials: int) -> list[str]:
+    """The trials that ended with an error, each with its one-line error."""
+    if not len(errored):
+        return []
+    lines = ["## Errored trials", "", f"{len(errored)} of {trials} trials ended with an error (details: "
+             "`errors/<trial>.txt`, or Tune's `trial_<id>/error.txt`):", ""]
+    lines += [f"- `{row.trial_id}` {model_label(row.model)} {row.strategy} (seed {row.seed}): {row.error}"
+              for row in errored.itertuples()]
+    return lines + [""]
+
+
+def _configurations_section(table: pd.DataFrame, keys: list[str] | None) -> list[str]:
+    """Every trial but the errored ones, with every searched key (``keys``; default: the summary's searched
+    columns that hold a value) other than model and init, which the model and strategy columns give."""
+    keys = keys if keys is not None else [k for k in configuration_keys(table) if table[k].notna().any()]
+    shown = [k for k in keys if k not in ("model", "init") and k in table.columns]
+    lines = ["## Configurations", "",
+             "| trial | model | strategy | " + "".join(f"{k} | " for k in shown)
+             + "seed | epochs | stopped early | best val mIoU | test mIoU |",
+             "| --- | --- | --- | " + "---: | " * len(shown) + "---: | ---: | --- | ---: | ---: |"]
+    for _, row in table[table["status"] != "error"].iterrows():
+        best_val, test = (("—" if math.isnan(v) else f"{v:.4f}") for v in (row["best_val_miou"], row["test_miou"]))
+        lines.append(f"| {row['trial_id']} | {model_label(row['model'])} | {row['strategy']} | "
+                     + "".join(f"{_cell(row[k], k)} | " for k in shown)
+                     + f"{row['seed']} | {row['epochs']} | {_ended(row)} | {best_val} | {test} |")
+    return lines
 
 
 def _findings_section(found: pd.DataFrame, margin: float, seeds: int = 1, grid: bool = False) -> list[str]:

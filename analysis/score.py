@@ -13,25 +13,30 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 from sklearn.metrics import auc as area_under
 from sklearn.metrics import roc_curve
+from torchvision.transforms.v2 import functional as TF
 
+from foundation.errors import ConfigError
+from foundation.io import load_checkpoint, write_json
 from segmodels import SegModel, build_model
 from study.cli import OneLineParser, exit_cli
 from study.config import DATASETS, DEVICES, SPLITS, TrainConfig
 from study.data import Labels, SegDataset, build_dataset
+from study.data.formats import open_source
 from study.data.transforms import denormalize, normalize
-from study.errors import ConfigError
-from study.io import load_checkpoint, write_json
-from study.loop import evaluate, resolve_device
+from study.loop import evaluate, inference_options, resolve_device
 from study.metrics import SegMetric
 from study.task import load_task
+from study.trial import split_layouts
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +45,7 @@ MAX_ROC_VALUES = 24_000_000  # ... and of at most this many probabilities (96 MB
 MAX_MICRO_VALUES = 2_000_000  # the micro-average ROC pools (pixel, class) pairs of a subsample of that size
 ROC_GRID = np.linspace(0, 1, 501)  # the false positive rates the macro-average curve is given at
 MASK_EXAMPLES = 4
+EVAL_AT = ("input", "original")  # the cached split at the training size, or the labels as they are on disk
 
 
 def load_model(checkpoint: dict[str, Any]) -> tuple[SegModel, TrainConfig]:
@@ -121,15 +127,17 @@ def average_roc(probabilities: np.ndarray, targets: np.ndarray, curves: dict[str
 
 
 class _Collector:
-    """Keeps softmax probabilities of a seeded pixel subsample and the predictions of a few images.
+    """Keeps softmax probabilities of a seeded pixel subsample (``keep_fraction`` of the labelled pixels, or about
+    ``per_image`` of each image's when given) and the predictions of a few images.
 
     The subsample is drawn before the softmax and before anything leaves the device, so a batch costs
     memory for its kept pixels only, at any number of classes.
     """
 
     def __init__(self, keep_fraction: float, example_indices: set[int], seed: int = 0,
-                 ignore_index: int = 255) -> None:
+                 ignore_index: int = 255, per_image: float | None = None) -> None:
         self.keep_fraction = keep_fraction
+        self.per_image = per_image
         self.ignore_index = ignore_index
         self.examples = example_indices
         self.rng = torch.Generator().manual_seed(seed)
@@ -139,8 +147,11 @@ class _Collector:
 
     def __call__(self, indices: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
         keep = targets != self.ignore_index
-        if self.keep_fraction < 1:
-            keep &= (torch.rand(targets.shape, generator=self.rng) < self.keep_fraction).to(targets.device)
+        fraction = self.keep_fraction
+        if self.per_image is not None:  # labels of sizes not known beforehand: a bounded sample of each batch
+            fraction = self.per_image * len(indices) / max(int(keep.sum()), 1)
+        if fraction < 1:
+            keep &= (torch.rand(targets.shape, generator=self.rng) < fraction).to(targets.device)
         self.probabilities.append(logits.permute(0, 2, 3, 1)[keep].softmax(dim=1).cpu())
         self.targets.append(targets[keep].cpu())
         for row, index in enumerate(indices.tolist()):
@@ -149,24 +160,45 @@ class _Collector:
 
 
 def score_checkpoint(checkpoint_path: str | Path, dataset: str, data_root: str | Path, split: str = "test",
-                        device: str = "auto", batch_size: int = 64, cache_dir: str | None = None,
-                        figures: Path | None = None, title: str = "") -> dict[str, Any]:
-    """Metrics (and, with ``figures``, the test figures) of a checkpoint on a split."""
+                     device: str = "auto", batch_size: int = 64, cache_dir: str | None = None,
+                     figures: Path | None = None, title: str = "", eval_at: str | None = None,
+                     inference: dict[str, Any] | None = None,
+                     save_predictions: str | Path | None = None) -> dict[str, Any]:
+    """Metrics (and, with ``figures``, the test figures) of a checkpoint on a split.
+
+    Scored as the loop validates (``study.loop.evaluate``), on the split cached as the checkpoint's recipe stores
+    its val split (``study.trial.split_layouts``: at its test scale). ``eval_at``: ``input`` scores against the
+    cached labels at that scale; ``original`` against each label at its original resolution, the logits resized
+    to its size (``study.inference``); None: the checkpoint's own ``eval_at``. ``inference``:
+    ``study.inference.infer``'s keywords (``mode``, ``window``, ``stride``; None: the checkpoint's own).
+    ``save_predictions``: a folder for each image's predicted mask, an indexed PNG at its label's size named by
+    the image's stem.
+    """
     checkpoint = load_checkpoint(checkpoint_path)
     model, cfg = load_model(checkpoint)
-    data = build_dataset(dataset, split, data_root, cfg.image_size, cache_dir=cache_dir, labels=Labels.of(cfg))
+    eval_at = cfg.eval_at if eval_at is None else eval_at
+    if eval_at not in EVAL_AT:
+        raise ConfigError(f"--eval-at: expected one of {', '.join(EVAL_AT)}, got {eval_at!r}")
+    inference = inference_options(cfg) if inference is None else inference
+    layout = split_layouts(cfg.replace(eval_at=eval_at))[1]
+    data = build_dataset(dataset, split, data_root, cfg.image_size, cache_dir=cache_dir, labels=Labels.of(cfg),
+                         layout=layout)
     if data.num_classes != len(checkpoint["class_names"]):
         raise ConfigError(f"--dataset {dataset}: has {data.num_classes} classes but {checkpoint_path} was trained on "
                           f"{len(checkpoint['class_names'])} ({cfg.dataset})")
     dev = resolve_device(device)
     model.to(dev)
-    labelled = int((data.masks != data.ignore_index).sum())
     examples = sorted(np.random.default_rng(0).choice(len(data), size=min(MASK_EXAMPLES, len(data)),
                                                       replace=False).tolist())
     budget = min(MAX_ROC_PIXELS, MAX_ROC_VALUES // data.num_classes)
-    collect = _Collector(min(1.0, budget / max(labelled, 1)), set(examples), ignore_index=data.ignore_index)
+    labelled = int((data.masks != data.ignore_index).sum())
+    collect = _Collector(min(1.0, budget / max(labelled, 1)), set(examples), ignore_index=data.ignore_index,
+                         per_image=budget / len(data) if eval_at == "original" else None)
+    hooks = [collect] if save_predictions is None else [collect, PredictionWriter(save_predictions, data)]
+    on_batch = lambda idx, logits, y: [hook(idx, logits, y) for hook in hooks]  # noqa: E731
     metric, loss = evaluate(model, data.images.to(dev), data.masks.to(dev), data.num_classes, batch_size,
-                            data.ignore_index, on_batch=collect)
+                            data.ignore_index, on_batch=on_batch, valid=data.valid, originals=data.originals,
+                            **inference)
     probabilities = torch.cat(collect.probabilities).numpy()
     targets = torch.cat(collect.targets).numpy()
     roc = roc_curves(probabilities, targets, data.class_names)
@@ -175,11 +207,50 @@ def score_checkpoint(checkpoint_path: str | Path, dataset: str, data_root: str |
     result.update({"auc": {name: curve["auc"] for name, curve in roc.items()}, "roc_pixels": int(len(targets)),
                    "auc_macro": averages["macro"]["auc"], "auc_micro": averages["micro"]["auc"],
                    "checkpoint": str(checkpoint_path), "dataset": dataset, "split": split, "images": len(data),
-                   "model": cfg.model, "init": cfg.init, "lr": cfg.lr, "gamma": cfg.gamma})
-    if figures is not None:
-        write_test_figures(result, roc, data, examples, collect.predictions, figures,
-                           title or f"{cfg.model} {cfg.init}", averages)
+                   "model": cfg.model, "init": cfg.init, "lr": cfg.lr, "gamma": cfg.gamma, "eval_at": eval_at})
+    if figures is not None:  # the figure shows each example at the cached size beside its cached label
+        shown = {i: fit_mask(collect.predictions[i], tuple(data.masks.shape[-2:])) for i in examples}
+        write_test_figures(result, roc, data, examples, shown, figures, title or f"{cfg.model} {cfg.init}", averages)
     return result
+
+
+def original_pairs(dataset: str, split: str, data_root: str | Path,
+                   labels: Labels) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Each (uint8 image 3xHxW, class-index label HxW) of a split as it is on disk, in the cache's order."""
+    source = open_source(dataset, split, data_root, labels=labels)
+    for k, index in enumerate(source.indices):
+        image, label = source.dataset[index]
+        classes = source.label_to_class(np.asarray(label), source.label_files[k])
+        yield TF.pil_to_tensor(image.convert("RGB")), torch.from_numpy(np.ascontiguousarray(classes))
+
+
+def fit_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A class-index mask resized (nearest, pixel centres) to ``size``; as it is when it fits."""
+    if mask.shape == size:
+        return mask
+    resized = TF.resize(torch.from_numpy(mask)[None], list(size), TF.InterpolationMode.NEAREST_EXACT)
+    return resized[0].numpy()
+
+
+class PredictionWriter:
+    """Writes each image's predicted mask as an indexed (mode P) PNG named by the image's stem, at the size of
+    the logits it is given (its label's), in the task's palette: class k is pixel value k, as in a label file."""
+
+    def __init__(self, folder: str | Path, data: SegDataset) -> None:
+        from analysis.figures import class_palette
+
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.stems = [Path(f).stem for f in data.files]
+        palette = class_palette(data.class_names, getattr(data, "palette", None)).reshape(-1)
+        self.palette = [*palette.tolist(), *[0] * (768 - len(palette))]
+
+    def __call__(self, indices: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        predictions = logits.argmax(1).to(torch.uint8).cpu().numpy()
+        for row, index in enumerate(indices.tolist()):
+            image = Image.fromarray(predictions[row], mode="P")
+            image.putpalette(self.palette)
+            image.save(self.folder / f"{self.stems[index]}.png")
 
 
 def write_test_figures(result: dict, roc: dict, data: SegDataset, examples: list[int],
@@ -217,6 +288,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--no-figures", action="store_true")
+    parser.add_argument("--eval-at", choices=EVAL_AT, default=None,
+                        help="input: labels at the input (test) scale; original: each label as it is on disk "
+                             "(default: the checkpoint's --eval-at)")
+    parser.add_argument("--save-predictions", metavar="DIR",
+                        help="write each image's predicted mask here (indexed PNG, the image's stem, its label's size)")
     args = parser.parse_args(argv)
     task = load_task(args.task) if args.task else {}
     args.dataset, args.data_root = args.dataset or task.get("dataset"), args.data_root or task.get("data_root")
@@ -228,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     if (out / "metrics.json").exists():
         raise ConfigError(f"--out {out}: already holds metrics.json; choose another --out")
     result = score_checkpoint(args.checkpoint, args.dataset, args.data_root, args.split, args.device,
-                                 args.batch_size, args.cache_dir, figures=None if args.no_figures else out)
+                              args.batch_size, args.cache_dir, figures=None if args.no_figures else out,
+                              eval_at=args.eval_at, save_predictions=args.save_predictions)
     write_json(out / "metrics.json", result)
     log.info("%s %s: mIoU %.4f, pixel accuracy %.4f -> %s", args.dataset, args.split, result["miou"] or float("nan"),
              result["pixel_accuracy"] or float("nan"), out / "metrics.json")

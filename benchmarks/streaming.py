@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from benchmarks.throughput import CpuWatch, library_versions, load_average, machine_info, now_utc, write_json
-from segmodels.files import atomic_torch_save
+from foundation.files import atomic_torch_save
 from study.config import TrainConfig
 from study.data import SegDataset
 from study.data.stream import place

@@ -5,12 +5,10 @@ semantic-segmentation models, from one registry.
 whose forward gives logits (N, num_classes, H, W) at the input resolution; ``model_spec(name)`` is the registry
 entry (family, encoder, pretrained sources, minimum image size). The logic lives in named modules: ``registry``
 (names -> entries), ``spec`` (what an entry knows), ``tv`` and ``hf`` (each family), ``segformer`` (the
-``segformer`` alias), ``model`` (building, init strategies, encoder files), ``cost`` (parameters, FLOPs),
-``errors`` (the project's error classes) and ``files`` (the atomic write). This file only re-exports.
+``segformer`` alias), ``model`` (building, init strategies, encoder files), ``cost`` (parameters, FLOPs).
+The error classes and the atomic write live below, in ``foundation``. This file only re-exports.
 """
 
-from segmodels.errors import ConfigError, DataError, ModelError, PretrainedUnavailable, UsageError
-from segmodels.files import atomic_torch_save, atomic_write
 from segmodels.model import (
     DEFAULT_PRETRAINED,
     ENCODER_FORMAT,
@@ -24,6 +22,5 @@ from segmodels.registry import MODELS, SEGFORMER_VARIANTS, TV_MODELS, check_mode
 from segmodels.spec import ModelSpec
 
 __all__ = ["DEFAULT_PRETRAINED", "ENCODER_FORMAT", "INITS", "MODELS", "SEGFORMER_VARIANTS", "TV_MODELS",
-           "ConfigError", "DataError", "ModelError", "ModelSpec", "PretrainedUnavailable", "SegModel", "UsageError",
-           "atomic_torch_save", "atomic_write", "build_model", "check_model", "load_encoder", "model_spec",
+           "ModelSpec", "SegModel", "build_model", "check_model", "load_encoder", "model_spec",
            "save_encoder"]

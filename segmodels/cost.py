@@ -1,4 +1,5 @@
-"""What a model costs: parameters, and FLOPs per image counted by torch's own ``FlopCounterMode``.
+"""What a model costs: parameters, and FLOPs per image counted by torch's own ``FlopCounterMode``; and what it
+costs measured on a device (``measure_cost``: latency, throughput, training step, peak memory), cached per key.
 
 Counted, not estimated: the counter sees every matmul and convolution that one forward (and, when asked,
 backward) pass of the real model at the given size dispatches. The report's cost figure, ``summary.csv``'s
@@ -7,9 +8,21 @@ cost columns, the registry table (docs/models.md) and the benchmarks' MFU all re
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
+import math
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
+
+from foundation.files import atomic_write
 
 
 def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
@@ -52,3 +65,148 @@ def count_flops(model: nn.Module, image_size: tuple[int, int], batch_size: int =
             model.zero_grad(set_to_none=True)
         model.train(was_training)
     return counter.get_total_flops() / batch_size
+
+
+# ------------------------------------------------------------------ measured on a device, not counted
+MEASURED = ("latency_ms", "throughput_ips", "train_step_ms", "peak_mem_mb")
+DEVICE_KEY = "cost_device"  # the device kind the measurement ran on (``device_kind``)
+MEMORY_MEASURE_KEY = "peak_mem_measure"  # what ``peak_mem_mb`` is, on that device
+COST_FORMAT = 1  # bumped when what is measured changes: older cached measurements are not reused
+
+
+def device_kind(device: torch.device | str) -> str:
+    """The kind of device, as the cost is keyed and reported: ``cuda NVIDIA H100 80GB HBM3`` or ``cpu AMD EPYC``
+    (two devices of one kind measure alike; the summary keeps each trial's measurement with its kind)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda {torch.cuda.get_device_name(device)}"
+    name = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    import platform
+
+    return f"cpu {name or platform.processor() or platform.machine()}"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_ms(step: Callable[[], object], device: torch.device, runs: int, warmup: int) -> float:
+    """The median wall time of ``step`` over ``runs`` calls after ``warmup`` untimed ones, synchronised on CUDA."""
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        step()
+        _sync(device)
+        times.append((time.perf_counter() - started) * 1e3)
+    return statistics.median(times)
+
+
+def _rss_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            return next((int(line.split()[1]) for line in f if line.startswith(field + ":")), None)
+    except OSError:
+        return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset this process's peak resident set (Linux: ``VmHWM``) to its current size; False where it cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class _PeakMemory:
+    """Peak memory while the block runs: CUDA's ``max_memory_allocated`` on a GPU; on the CPU the growth of the
+    process's peak resident set (``VmHWM`` reset, then compared with the resident size before), which counts
+    every allocation of the process, torch's and others', in whole pages."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.mib, self.measure = device, math.nan, "unavailable"
+
+    def __enter__(self) -> _PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        elif _reset_peak_rss():
+            self.before = _rss_kib("VmRSS")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            self.mib = torch.cuda.max_memory_allocated(self.device) / 2**20
+            self.measure = "cuda max_memory_allocated"
+        elif getattr(self, "before", None) is not None and (peak := _rss_kib("VmHWM")) is not None:
+            self.mib = max(peak - self.before, 0) / 1024
+            self.measure = "cpu peak RSS growth (VmHWM)"
+
+
+def measure_cost(model: nn.Module, image_size: tuple[int, int], batch_size: int, device: torch.device | str = "cpu",
+                 precision: str = "fp32", runs: int = 20, warmup: int = 3, train_runs: int = 3) -> dict[str, Any]:
+    """What ``model`` costs on ``device``, measured as MMSeg's ``tools/benchmark.py`` does: inference latency at
+    batch 1 (median of ``runs`` after ``warmup``), throughput at ``batch_size`` (img/s), the median time of a
+    training step (forward, cross-entropy, backward, AdamW) at ``batch_size``, and the peak memory of those steps
+    (``_PeakMemory`` says what it is on that device). ``precision`` ``bf16`` runs under bf16 autocast as the loop
+    does. The model's weights change (it trains): pass a throwaway one."""
+    device = torch.device(device)
+    height, width = image_size
+    net = model.to(device)
+    one = torch.randn(1, 3, height, width, device=device)
+    batch = torch.randn(batch_size, 3, height, width, device=device)
+    autocast = functools.partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+    def forward(images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), autocast():
+            return net(images)
+
+    net.eval()
+    latency = _median_ms(lambda: forward(one), device, runs, warmup)
+    batch_ms = _median_ms(lambda: forward(batch), device, max(3, runs // 5), 1)
+    classes = forward(one).shape[1]  # in eval mode: one image through a train-mode pooling BatchNorm would fail
+    net.train()
+    target = torch.randint(0, classes, (batch_size, height, width), device=device)
+    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-6)
+
+    def train_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast():
+            loss = nn.functional.cross_entropy(net(batch).float(), target)
+        loss.backward()
+        optimizer.step()
+
+    train_step()  # AdamW's state exists from here on, as in a trial's every step but its first
+    with _PeakMemory(device) as memory:
+        step_ms = _median_ms(train_step, device, train_runs, 1)
+    return {"latency_ms": latency, "throughput_ips": batch_size / (batch_ms / 1e3), "train_step_ms": step_ms,
+            "peak_mem_mb": memory.mib,
+            MEMORY_MEASURE_KEY: f"{memory.measure}, training step at batch {batch_size} in {precision}",
+            DEVICE_KEY: device_kind(device)}
+
+
+def cached_cost(folder: str | Path, key: dict[str, Any], measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The measurement of ``key`` (model, variant, classes, size, device kind, precision, batch) from a small JSON
+    file in ``folder`` (one file per key, written atomically: concurrent trials never see half a file), else
+    ``measure()``, written there first. A file that cannot be read is measured again."""
+    text = json.dumps({**key, "format": COST_FORMAT}, sort_keys=True)
+    path = Path(folder) / f"{hashlib.sha256(text.encode()).hexdigest()[:20]}.json"
+    try:
+        found = json.loads(path.read_text())
+        if found.get("key") == json.loads(text):
+            return found["cost"]
+    except (OSError, ValueError, KeyError, AttributeError):
+        pass
+    cost = measure()
+    record = json.dumps({"key": json.loads(text), "cost": cost}, indent=2, sort_keys=True) + "\n"
+    atomic_write(path, lambda f: f.write(record.encode()))
+    return cost

@@ -28,7 +28,7 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_UNIVERSAL_SEGMENTATION_MAPPING_NAMES,
 )
 
-from segmodels.errors import ConfigError, ModelError, PretrainedUnavailable
+from foundation.errors import ConfigError, ModelError, PretrainedUnavailable
 from segmodels.spec import ModelSpec, label_maps
 
 HF_TYPES = tuple(sorted(MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES))  # config.model_type values we build
@@ -56,6 +56,9 @@ class HuggingFaceSpec(ModelSpec):
     def config(self) -> PretrainedConfig:
         """The model's config, read from its folder or the Hub (or the Hub cache when offline)."""
         return read_config(self.source, f"--model {self.name}")
+
+    def check_available(self) -> None:
+        self.config()  # its folder, or the Hub cache when offline
 
     def check(self, image_size: tuple[int, int] | None = None) -> None:
         super().check(image_size)

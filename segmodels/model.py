@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from segmodels.errors import ConfigError, PretrainedUnavailable, UsageError
-from segmodels.files import atomic_torch_save
+from foundation.errors import ConfigError, PretrainedUnavailable, UsageError
+from foundation.files import atomic_torch_save
 from segmodels.registry import model_spec
 from segmodels.spec import ModelSpec
 

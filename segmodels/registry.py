@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from segmodels.errors import ConfigError
+from foundation.errors import ConfigError
 from segmodels.hf import HuggingFaceSpec
 from segmodels.segformer import VARIANTS, SegformerSpec
 from segmodels.spec import ModelSpec

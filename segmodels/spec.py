@@ -15,7 +15,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from segmodels.errors import ConfigError
+from foundation.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,15 @@ class ModelSpec:
         """The part of ``net`` that ``freeze`` freezes and a pretrained source fills."""
         raise NotImplementedError
 
+    def head_of(self, net: nn.Module) -> list[nn.Module]:
+        """The modules a head lr multiplier applies to: every child of ``net`` outside the encoder (torchvision's
+        ``classifier`` and ``aux_classifier``, a Hugging Face model's ``decode_head``, ``auxiliary_head``, a DPT's
+        ``neck`` and ``head``), as MMSegmentation's ``head`` key reaches its decode and auxiliary heads."""
+        encoder = self.encoder_of(net)
+        inside = {id(m) for m in encoder.modules()}
+        return [child for child in net.children()
+                if id(child) not in inside and not any(m is encoder for m in child.modules())]
+
     def encoder_state(self, source: str, encoder: nn.Module) -> dict[str, torch.Tensor]:
         """Weights for ``encoder`` from a named (non-file) source; OSError/RuntimeError/ValueError when they
         cannot be had (offline, not cached)."""
@@ -56,6 +65,9 @@ class ModelSpec:
     def logits(self, net: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """Logits (N, K, H, W) at the size of ``images``."""
         raise NotImplementedError
+
+    def check_available(self) -> None:
+        """Raise a UsageError now when what building this model needs is not here (before a study starts)."""
 
     def check(self, image_size: tuple[int, int] | None = None) -> None:
         """Raise ConfigError for what can be known wrong before building (never touches the network)."""

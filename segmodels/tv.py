@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torchvision import models
 
-from segmodels.errors import ConfigError
+from foundation.errors import ConfigError
 from segmodels.spec import ModelSpec
 
 TV_BUILDERS = tuple(models.list_models(module=models.segmentation))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gc
 import logging
 import os
@@ -12,9 +13,10 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from study.errors import StudyInterrupted, UsageError
+from foundation.errors import StudyFailed, StudyInterrupted, UsageError
+from study.options import GROUPS, Flag, Kind, declared, flag
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -34,6 +36,9 @@ def main_guard(prog: str, main: Callable[[list[str] | None], int | None], argv: 
         return 2
     except SystemExit as exc:  # argparse's own errors (already printed as one line) and --help
         return exc.code if isinstance(exc.code, int) else 2
+    except StudyFailed as exc:
+        print(f"{prog}: failed: {exc}", file=sys.stderr)
+        return exc.exit_code
     except StudyInterrupted as exc:
         print(f"{prog}: interrupted: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -45,9 +50,9 @@ def main_guard(prog: str, main: Callable[[list[str] | None], int | None], argv: 
 def exit_cli(prog: str, main: Callable[[list[str] | None], int | None]) -> NoReturn:
     """A ``python -m`` entry point: run ``main`` under ``main_guard`` and exit with its code. What the run made is
     first frozen out of the interpreter's last garbage collection, which would otherwise walk every object that
-    torch, torchvision and transformers created: measured on 2 cores, 3 s of every exit, 0.4 s frozen. A
-    stopped study's driver then exits within ``ray job stop``'s 3 s wait instead of being killed in its
-    teardown. Exit handlers (Ray's disconnect among them) still run."""
+    torch, torchvision and transformers created (docs/reliability.md has the measured times). A stopped study's
+    driver then exits within ``ray job stop``'s wait instead of being killed in its teardown. Exit handlers (Ray's
+    disconnect among them) still run."""
     code = main_guard(prog, main)
     gc.freeze()
     raise SystemExit(code)
@@ -113,36 +118,52 @@ def native_stderr_diverted(enabled: bool = True) -> Iterator[str | None]:
             stream.close()
 
 
-def image_size_arg(text: str) -> tuple[int, int]:
-    """Parse ``64`` or ``64x128`` (height x width) for argparse."""
-    from study.config import parse_image_size
+def add_options(parser: argparse.ArgumentParser, cls: type, place: str, preset_defaults: bool = False) -> None:
+    """Every option of ``cls`` declared for ``place`` (``run`` or ``trial``), in its help group, typed by its
+    kind. Each defaults to None, so the caller sees what was given; the help gives the declared default, or
+    says it comes from the preset (``preset_defaults``) for the options a preset may set."""
+    groups = {name: parser.add_argument_group(name) for name in GROUPS}
+    for field in declared(cls):
+        meta = field.metadata
+        if place not in meta["where"]:
+            continue
+        kind, default = meta["kind"], _default(field)
+        shown = "from the preset" if preset_defaults and "space" in meta["where"] else _shown(default)
+        help_text = meta["help"] if "default" in meta["help"] else f"{meta['help']} (default: {shown})"
+        group, option_flag = groups[meta["group"]], meta["cli"] or flag(field.name)
+        if isinstance(kind, Flag) and default is True:
+            group.add_argument(f"--no-{field.name.replace('_', '-')}", dest=field.name, action="store_const",
+                               const=False, default=None, help=help_text)
+        elif isinstance(kind, Flag):
+            group.add_argument(option_flag, dest=field.name, action="store_const", const=True, default=None,
+                               help=help_text)
+        else:
+            group.add_argument(option_flag, dest=field.name, type=_parser(kind), choices=kind.choices(),
+                               metavar=kind.metavar, action="append" if getattr(kind, "append", False) else None,
+                               default=None, help=help_text)
 
-    try:
-        return parse_image_size(text)
-    except UsageError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+
+def given(args: argparse.Namespace, cls: type, place: str) -> dict[str, Any]:
+    """The options of ``cls`` for ``place`` that the command line gave, by field name."""
+    values = {f.name: getattr(args, f.name, None) for f in declared(cls) if place in f.metadata["where"]}
+    return {name: value for name, value in values.items() if value is not None}
 
 
-def class_weights_arg(text: str) -> str | list[float]:
-    """``none``, ``inverse_frequency``, ``median_frequency`` or ``w0,w1,...`` for argparse."""
-    from study.config import check_class_weights
+def _default(field: dataclasses.Field) -> Any:
+    return field.default_factory() if field.default is dataclasses.MISSING else field.default  # type: ignore[misc]
 
-    value: str | list[float] = text
-    if "," in text:
+
+def _shown(default: Any) -> str:
+    if isinstance(default, tuple):
+        return "x".join(map(str, default))
+    return "none" if default in (None, {}, []) else str(default)
+
+
+def _parser(kind: Kind) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
         try:
-            value = [float(w) for w in text.split(",")]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
-    try:
-        check_class_weights(value)
-    except UsageError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix("--class-weights: ")) from None
-    return value
+            return kind.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"expected {exc}, got {text!r}") from None
 
-
-def model_source_arg(text: str) -> tuple[str, str]:
-    """``NAME=SOURCE`` (``--pretrained-model``): split at the last ``=`` (a Hub id or path holds none)."""
-    name, sep, source = text.rpartition("=")
-    if not sep or not name or not source:
-        raise argparse.ArgumentTypeError(f"expected NAME=SOURCE, e.g. tv:deeplabv3_resnet50=imagenet, got {text!r}")
-    return name, source
+    return parse

@@ -1,8 +1,9 @@
-"""The one source of truth for a trial's hyperparameters and their valid ranges, and the one place that
-lists every allowed value (models, inits and SegFormer variants come from ``segmodels``, which builds them).
+"""A trial's configuration, declared once: each field is an option (``study.options.option``) whose metadata
+carries its help, group, value kind and where it may be set. ``study.settings.StudySettings`` extends it with
+the study's own options, so a study and its trials share one declaration and one default per field.
 
-Defaults are the report's recipe: 30 epochs, batch 64, AdamW(lr 1e-3, amsgrad),
-ExponentialLR(gamma 0.98), validation every 2 epochs, 64x64 images.
+Defaults are the report's recipe: 30 epochs, batch 64, AdamW(lr 1e-3, amsgrad), ExponentialLR(gamma 0.98),
+validation every 2 epochs, 64x64 images.
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from segmodels import INITS, MODELS, SEGFORMER_VARIANTS, check_model
-from study.errors import ConfigError
+from foundation.errors import ConfigError
+from segmodels import INITS, SEGFORMER_VARIANTS, check_model
+from study.options import Choice, Flag, Kind, Number, Pair, Size, Text, check_fields, declared, names, option
+from study.options import flag as flag_of
+from study.recipes import RECIPES
 
-__all__ = ["CLASS_WEIGHTINGS", "DATASETS", "DEVICES", "EQUIVALENCE_MARGIN", "SPLITS", "INITS", "MODELS", "PRECISIONS",
-           "SEGFORMER_VARIANTS", "STUDY_STAGE", "TRIAL_RUNNERS", "TrainConfig", "parse_image_size", "DATA_PLACEMENTS"]
+__all__ = ["CLASS_WEIGHTINGS", "DATASETS", "DEVICES", "EQUIVALENCE_MARGIN", "SPLITS", "PRECISIONS", "SEARCHABLE",
+           "STUDY_STAGE", "TRIAL_RUNNERS", "TrainConfig", "parse_image_size", "DATA_PLACEMENTS"]
 
 DATASETS = ("pets", "cityscapes", "voc", "ade20k", "folder")  # study.data.formats has one entry each
 CLASS_WEIGHTINGS = ("none", "inverse_frequency", "median_frequency")  # or a list of K weights
@@ -29,100 +33,165 @@ COMPILE_MODES = ("auto", "off", "default", "max-autotune", "reduce-overhead")  #
 TRIAL_RUNNERS = ("auto", "tune", "train")
 STUDY_STAGE = "cityscapes"  # as --pretrained-fcn/--pretrained-segformer: the study's own Cityscapes stage
 EQUIVALENCE_MARGIN = 0.01  # mIoU: the default margin of the report's equivalence claim (analysis.findings)
-# The TrainConfig fields a study may search (a space file's `space:` and `points:`; study.trial.trial_config).
-SEARCHABLE = ("model", "init", "lr", "gamma", "batch_size", "weight_decay", "image_size", "class_weights")
+SPEED = ("run", "trial", "resume")  # how fast a trial trains, never what it learns: may change on --resume
 
 
-def parse_image_size(value: Any) -> tuple[int, int]:
-    """``64`` -> (64, 64); ``"64x128"`` or ``[64, 128]`` -> (64, 128) as (height, width)."""
-    if isinstance(value, (list, tuple)):
-        parts = list(value)
-    elif isinstance(value, int):
-        parts = [value, value]
-    else:
-        text = str(value).lower().strip()
-        parts = text.split("x") if "x" in text else [text, text]
-    try:
-        height, width = (int(p) for p in parts)
-    except (TypeError, ValueError):
-        raise ConfigError(f"--image-size: expected N or HxW with positive integers, got {value!r}") from None
-    if height < 8 or width < 8:
-        raise ConfigError(f"--image-size: expected sides of at least 8 pixels, got {value!r}")
-    return height, width
+class ModelName(Kind):
+    """A registry name (``segmodels``): fcn_resnet50, segformer, tv:NAME or hf:ID_OR_FOLDER."""
+
+    expected = "fcn_resnet50, segformer, tv:NAME or hf:ID_OR_FOLDER"
+    metavar = "NAME"
+
+    def check(self, value: Any) -> Any:
+        if not isinstance(value, str):
+            raise ValueError(self.expected)
+        return value  # the registry's own check (with the variant and size) runs in TrainConfig.__post_init__
 
 
-@dataclass
+class ClassWeights(Kind):
+    """``none``, ``inverse_frequency``, ``median_frequency`` or a list of weights >= 0 (one per class)."""
+
+    expected = f"one of {', '.join(CLASS_WEIGHTINGS)} or a list of weights >= 0 (one per class, not all 0)"
+    metavar = "WEIGHTING"
+
+    def check(self, value: Any) -> Any:
+        if isinstance(value, str):
+            if value not in CLASS_WEIGHTINGS:
+                raise ValueError(self.expected)
+            return value
+        numbers = isinstance(value, (list, tuple)) and value and all(
+            isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 and math.isfinite(w) for w in value)
+        if not numbers or not any(value):
+            raise ValueError(self.expected)
+        return [float(w) for w in value]
+
+    def parse(self, text: str) -> Any:
+        if "," not in text:
+            return text
+        try:
+            return [float(w) for w in text.split(",")]
+        except ValueError:
+            raise ValueError(f"numbers separated by commas, or {self.expected}") from None
+
+
+class ClassNames(Kind):
+    expected = "a list of class names"
+
+    def check(self, value: Any) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, (list, tuple)) or not value or not all(isinstance(c, str) and c for c in value):
+            raise ValueError(self.expected)
+        return list(value)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines one trial. Field names are the option names (``--image-size`` etc.)."""
 
-    dataset: str = "pets"
-    data_root: str = "data"
-    model: str = "segformer"
-    init: str = "scratch"
-    pretrained: str | None = None
-    variant: str = "b0"
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 1e-3
-    gamma: float = 0.98
-    image_size: tuple[int, int] = (64, 64)
-    val_every: int = 2
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"  # autocast dtype; auto: see study.loop.resolve_precision
-    cache_dir: str | None = None
-    weight_decay: float = 0.01  # AdamW's (torch's default, the report's recipe)
-    # The task beyond the dataset's name (study.task): None/defaults mean the format's own.
-    classes: list[str] | None = None
-    ignore_index: int = 255
-    reduce_zero_label: bool | None = None
-    class_weights: str | list[float] = "none"  # none | inverse_frequency | median_frequency | [w0, w1, ...]
-    # Where the splits live while training (study.data.stream): auto keeps them on the device when they fit
-    # the trial's share of its memory, else in host memory, copied batch by batch. Results are the same.
-    data_placement: str = "auto"  # auto | device | host
-    device_memory_share: float = 1.0  # the trial's share of its GPU (e.g. a fractional gpus_per_trial)
-    # Speed options of the loop (study.loop); each "auto" is decided by measurement there.
-    tf32: str = "auto"  # TF32 matmuls/convolutions on CUDA; off: strict fp32
-    fused_adamw: str = "auto"  # AdamW(fused=True), amsgrad kept
-    channels_last: str = "auto"  # NHWC memory format for the convnets
-    compile: str = "auto"  # torch.compile of the forward + loss; reduce-overhead adds CUDA graphs (CUDA only)
+    # model
+    model: str = option("segformer", "fcn_resnet50, segformer, tv:NAME or hf:ID_OR_FOLDER (docs/models.md)", "model",
+                        ModelName(), where=("trial", "search"))
+    init: str = option("scratch", "scratch, finetune (a pretrained encoder, all trained) or freeze (encoder frozen)",
+                       "model", Choice(INITS), where=("trial", "search"))
+    pretrained: str | None = option(None, "encoder source: a file, a Hugging Face id/folder (hf:), imagenet or "
+                                          "coco_voc (tv:)", "model", Text(metavar="SOURCE"), where=("trial",))
+    variant: str = option("b0", "SegFormer MiT variant", "model", Choice(SEGFORMER_VARIANTS))
+    # recipe
+    epochs: int = option(30, "training epochs", "recipe", Number(int, 1), where=("run", "trial", "space", "resume"))
+    batch_size: int = option(64, "images per training step", "recipe", Number(int, 1),
+                             where=("run", "trial", "space", "search"))
+    lr: float = option(1e-3, "AdamW's learning rate", "recipe", Number(float, 0, 1, low_open=True),
+                       where=("trial", "search"), fmt=".2e")
+    gamma: float = option(0.98, "ExponentialLR's decay per epoch", "recipe", Number(float, 0, 1, low_open=True),
+                          where=("trial", "search"), fmt=".4f")
+    weight_decay: float = option(0.01, "AdamW's weight decay", "recipe", Number(float, 0, 1),
+                                 where=("run", "trial", "space", "search"))
+    recipe: str = option("report", "a named set of recipe defaults, each overridable: report (the report's: resize, "
+                                   "flip, ExponentialLR per epoch) or standard (MMSegmentation's, scaled to the crop)",
+                         "recipe", Choice(lambda: tuple(RECIPES)), where=("run", "trial", "task", "space"))
+    schedule: str = option("exponential", "learning-rate schedule: exponential (per epoch, by gamma), or poly or "
+                                          "cosine (per iteration, after the warmup)", "recipe",
+                           Choice(("exponential", "poly", "cosine")), where=("run", "trial", "space", "search"))
+    warmup: float = option(0.0, "linear warmup over this share of the iterations (poly, cosine)", "recipe",
+                           Number(float, 0, 0.5), where=("run", "trial", "space", "search"), fmt=".3g")
+    poly_power: float = option(1.0, "the poly schedule's power", "recipe", Number(float, 0, 10, low_open=True),
+                               where=("run", "trial", "space", "search"))
+    head_lr_mult: float = option(1.0, "learning-rate multiplier of the decode head (the registry's head)", "recipe",
+                                 Number(float, 0, 1000, low_open=True), where=("run", "trial", "space", "search"))
+    norm_decay_mult: float = option(1.0, "weight-decay multiplier of norms, biases and position parameters",
+                                    "recipe", Number(float, 0, 1), where=("run", "trial", "space", "search"))
+    base_size: tuple[int, int] | None = option(
+        None, "random rescale around this scale, LONGxSHORT as MMSegmentation's (keeping the aspect ratio), then a "
+              "random crop of --image-size (default: none: images resized to --image-size, flip only)", "recipe",
+        Size(optional=True), where=("run", "trial", "task", "space", "search"))
+    ratio_range: tuple[float, float] = option((0.5, 2.0), "the random rescale's range of ratios of --base-size",
+                                              "recipe", Pair(), where=("run", "trial", "space"))
+    cat_max_ratio: float = option(1.0, "retry a crop in which one class covers more than this share (1: off)",
+                                  "recipe", Number(float, 0, 1, low_open=True),
+                                  where=("run", "trial", "space", "search"))
+    photometric: bool = option(False, "random brightness, contrast, saturation and hue (MMSegmentation's "
+                                      "PhotoMetricDistortion)", "recipe", Flag(),
+                              where=("run", "trial", "space", "search"))
+    eval_at: str = option("input", "where val and test mIoU are computed: input (labels resized to the input) or "
+                                   "original (logits resized to each label's own size)", "recipe",
+                          Choice(("input", "original")), where=("run", "trial", "space"))
+    eval_mode: str = option("whole", "whole-image or sliding-window inference (at --eval-at original)", "recipe",
+                            Choice(("whole", "slide")), where=("run", "trial", "space"))
+    slide_window: tuple[int, int] | None = option(None, "sliding-window size, HxW", "recipe", Size(optional=True),
+                                                  where=("run", "trial", "space"))
+    slide_stride: tuple[int, int] | None = option(None, "sliding-window stride, HxW", "recipe", Size(optional=True),
+                                                  where=("run", "trial", "space"))
+    val_every: int = option(2, "validate every N epochs (and at the last)", "recipe", Number(int, 1),
+                            where=("run", "trial", "space"))
+    seed: int = option(0, "random seed of the weights, the order and the flips", "recipe", Number(int, 0))
+    # task and data
+    dataset: str = option("pets", "dataset format", "task and data", Choice(DATASETS),
+                          where=("run", "trial", "task", "space"))
+    data_root: str = option("data", "the dataset's root, e.g. the folder holding oxford-iiit-pet/", "task and data",
+                            Text(optional=False, metavar="DIR"), where=("run", "trial", "task", "space", "resume"),
+                            task_key="root")
+    classes: list[str] | None = option(None, "class names, in label order", "task and data", ClassNames(),
+                                       where=("task",))
+    ignore_index: int = option(255, "the label value that is not a class", "task and data", Number(int, 0, 255),
+                               where=("task",))
+    reduce_zero_label: bool | None = option(None, "labels are 1-based: 0 is ignored and the rest shift down",
+                                            "task and data", Flag(optional=True), where=("task",))
+    class_weights: str | list[float] = option(
+        "none", "loss weights per class: none, inverse_frequency, median_frequency or w0,w1,...", "recipe",
+        ClassWeights(), where=("run", "trial", "task", "search"))
+    image_size: tuple[int, int] = option((64, 64), "training image size, N or HxW (height x width)", "task and data",
+                                         Size(), where=("run", "trial", "task", "space", "search"))
+    # resources and speed
+    device: str = option("auto", "where the trial trains (auto: cuda when available)", "resources", Choice(DEVICES),
+                         where=("trial", "resume"))
+    precision: str = option("auto", "autocast dtype (auto: bf16 on CPUs with native bf16, fp32 elsewhere)", "speed",
+                            Choice(PRECISIONS))
+    cache_dir: str | None = option(None, "decoded-data cache folder (default: $SEGSTUDY_CACHE or "
+                                         "~/.cache/segstudy)", "storage and resume", Text(metavar="DIR"), where=SPEED)
+    data_placement: str = option("auto", "where the splits live while training: device, host (streamed to the GPU "
+                                         "batch by batch) or auto (device when they fit half the free GPU memory)",
+                                 "speed", Choice(DATA_PLACEMENTS), where=SPEED)
+    device_memory_share: float = option(1.0, "the trial's share of its GPU's memory (set by the study)", "resources",
+                                        Number(float, 0, 1, low_open=True), where=("resume",))
+    tf32: str = option("auto", "TF32 matmuls and convolutions on CUDA (auto: on; off: strict fp32)", "speed",
+                       Choice(SWITCHES), where=SPEED)
+    fused_adamw: str = option("auto", "AdamW(fused=True), amsgrad kept (auto: on CUDA)", "speed", Choice(SWITCHES),
+                              where=SPEED)
+    channels_last: str = option("auto", "NHWC memory format (auto: the convnets on CUDA)", "speed", Choice(SWITCHES),
+                                where=SPEED)
+    compile: str = option("auto", "torch.compile the model; reduce-overhead adds CUDA graphs (auto: reduce-overhead "
+                                  "on CUDA for trials long enough to pay for it, off on the CPU)", "speed",
+                          Choice(COMPILE_MODES), where=SPEED)
 
     def __post_init__(self) -> None:
-        self.image_size = parse_image_size(self.image_size)
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise ConfigError naming the option if a value is unknown or out of range."""
-        _choice("dataset", self.dataset, DATASETS)
+        check_fields(self)
         check_model(self.model, self.variant, self.image_size)  # the name, and the image size it can take
-        _choice("init", self.init, INITS)
-        _choice("variant", self.variant, SEGFORMER_VARIANTS)
-        _choice("device", self.device, DEVICES)
-        _choice("precision", self.precision, PRECISIONS)
-        _choice("data-placement", self.data_placement, DATA_PLACEMENTS)
-        _number("device-memory-share", self.device_memory_share, float, lambda v: 0 < v <= 1, "a number in (0, 1]")
-        for option in ("tf32", "fused_adamw", "channels_last"):
-            _choice(option.replace("_", "-"), getattr(self, option), SWITCHES)
-        _choice("compile", self.compile, COMPILE_MODES)
-        _number("weight-decay", self.weight_decay, float, lambda v: v >= 0 and math.isfinite(v), "a number >= 0")
-        _number("ignore-index", self.ignore_index, int, lambda v: 0 <= v <= 255, "an integer in 0..255")
-        if self.reduce_zero_label not in (None, True, False):
-            raise ConfigError(f"--reduce-zero-label: expected true or false, got {self.reduce_zero_label!r}")
-        if self.classes is not None and not (isinstance(self.classes, (list, tuple))
-                                             and all(isinstance(c, str) and c for c in self.classes)):
-            raise ConfigError(f"--classes: expected a list of class names, got {self.classes!r}")
-        check_class_weights(self.class_weights)
-        _number("lr", self.lr, float, lambda v: v > 0 and math.isfinite(v), "a number > 0")
-        _number("gamma", self.gamma, float, lambda v: 0 < v <= 1, "a number in (0, 1]")
-        _number("epochs", self.epochs, int, lambda v: v >= 1, "an integer >= 1")
-        _number("batch-size", self.batch_size, int, lambda v: v >= 1, "an integer >= 1")
-        _number("val-every", self.val_every, int, lambda v: v >= 1, "an integer >= 1")
-        _number("seed", self.seed, int, lambda v: v >= 0, "an integer >= 0")
+        check_recipe(self)
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["image_size"] = list(self.image_size)
-        return data
+        """The fields as JSON keeps them (a pair as a list)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -136,26 +205,35 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
-def check_class_weights(value: Any, option: str = "--class-weights") -> None:
-    """``none``, ``inverse_frequency``, ``median_frequency`` or a list of positive weights (one per class)."""
-    if isinstance(value, str):
-        _choice(option.lstrip("-"), value, CLASS_WEIGHTINGS)
-        return
-    numbers = isinstance(value, (list, tuple)) and value and all(
-        isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 and math.isfinite(w) for w in value)
-    if not numbers or not any(value):
-        raise ConfigError(f"{option}: expected one of {', '.join(CLASS_WEIGHTINGS)} or a list of weights >= 0 "
-                          f"(one per class, not all 0), got {value!r}")
+def check_recipe(cfg: TrainConfig) -> None:
+    """The recipe options against each other, each ConfigError naming an option (augmentation, schedule and
+    inference say what cannot work: ``study.augment``, ``study.schedules``, ``study.inference``)."""
+    from study.augment import AugmentSpec, check_augment  # they use the data layer, which imports this module
+    from study.inference import check_inference
+
+    checks = [(flag_of("base_size"), lambda: cfg.base_size and check_augment(AugmentSpec(
+                  cfg.image_size, cfg.base_size, cfg.ratio_range, cfg.cat_max_ratio, ignore_index=cfg.ignore_index))),
+              (flag_of("warmup"), lambda: cfg.warmup and cfg.schedule == "exponential" and _raise(
+                  "the exponential schedule steps per epoch and has no warmup; use --schedule poly or cosine")),
+              (flag_of("eval_mode"), lambda: check_inference(cfg.eval_mode, cfg.slide_window, cfg.slide_stride))]
+    for which, check in checks:
+        try:
+            check()
+        except ValueError as exc:
+            raise ConfigError(f"{which}: {exc}") from None
 
 
-def _choice(option: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"--{option}: expected one of {', '.join(choices)}, got {value!r}")
+def _raise(message: str) -> None:
+    raise ValueError(message)
 
 
-def _number(option: str, value: Any, kind: type, ok: Any, expected: str) -> None:
-    valid_type = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind is int:
-        valid_type = valid_type and float(value).is_integer()
-    if not valid_type or not ok(value):
-        raise ConfigError(f"--{option}: expected {expected}, got {value!r}")
+SEARCHABLE = names(TrainConfig, "search")  # what a space file may search (its `space:` and `points:`)
+SPEED_OPTIONS = tuple(f.name for f in declared(TrainConfig) if f.metadata["group"] == "speed")  # how fast, not what
+
+
+def parse_image_size(value: Any, option: str = "--image-size") -> tuple[int, int]:
+    """``64`` -> (64, 64); ``"64x128"`` or ``[64, 128]`` -> (64, 128) as (height, width)."""
+    try:
+        return Size().check(value)
+    except ValueError as exc:
+        raise ConfigError(f"{option}: expected {exc}, got {value!r}") from None

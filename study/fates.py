@@ -5,6 +5,9 @@ epochs it reached. Who writes what, and when:
 - the driver's Tune callback (``study.orchestrate.stops.FateRecorder``): ``completed`` or ``ended short``
   when a trial returns, ``error`` when Tune gives up on it, a failure (the count, and the last error in
   ``errors/<trial_id>.last-failure.txt``) each time Tune restarts it;
+- the same callback: ``infeasible`` when the trial reported, instead of training, that its measured cost
+  violates a constraint checked before training (``study.trial_cost.infeasible_result``; the record keeps the
+  violated bounds and the cost);
 - the scheduler (``study.orchestrate.stops.RecordingASHA``): ``stopped early (ASHA)`` at the moment ASHA
   stops a trial before its last epoch;
 - the study, when it is stopped (SIGINT, SIGTERM): ``interrupted`` for every trial still unfinished; a
@@ -20,8 +23,8 @@ import json
 import time
 from typing import Any
 
-from study import storage
-from study.io import json_text
+from foundation import storage
+from foundation.io import json_text
 from study.layout import error_file, fate_file, last_failure_file
 
 COMPLETED = "completed"
@@ -29,10 +32,11 @@ STOPPED_BY_ASHA = "stopped early (ASHA)"
 ENDED_SHORT = "ended short"  # returned before its epochs with no scheduler decision and no error
 ERROR = "error"
 INTERRUPTED = "interrupted"
-ENDED = (COMPLETED, STOPPED_BY_ASHA, ENDED_SHORT)  # a trial with one of these never trains again
+INFEASIBLE = "infeasible"  # never trained: its measured cost violated a constraint checked before training
+ENDED = (COMPLETED, STOPPED_BY_ASHA, ENDED_SHORT, INFEASIBLE)  # a trial with one of these never trains again
 FINAL = (*ENDED, ERROR)  # how a run of the study can leave a trial; --resume retries the errored ones
 STATUS = {COMPLETED: "done", STOPPED_BY_ASHA: "done", ENDED_SHORT: "done", ERROR: "error",
-          INTERRUPTED: "interrupted"}  # summary.csv's status for each fate; no record: "running"
+          INTERRUPTED: "interrupted", INFEASIBLE: "infeasible"}  # summary.csv's status; no record: "running"
 
 
 def read_fate(experiment: str, trial_id: str) -> dict[str, Any]:

@@ -6,6 +6,9 @@
                                      on the CPU: every tensor autograd saves (``saved_tensors_hooks``) for one
                                      image, each storage counted once, the weights left out (counted above)
          + OVERHEAD                  the CUDA context, cuDNN/cuBLAS workspaces and allocator slack
+         + augmentation              with a base scale (``study.augment``): the batch's rows gathered at the
+                                     stored width (two float32 neighbours and their blend), then its crops'
+                                     columns and photometric copies (``augment_bytes``)
 
 Measured, not guessed from the architecture: the hooks see what this model at this image size really keeps,
 whatever the registry built (a transformer's attention maps grow with the square of the tokens; a convnet's
@@ -53,6 +56,13 @@ def training_memory(model: str, variant: str, num_classes: int, height: int, wid
 def estimate_peak_bytes(parameters: int, activations_per_image: int, batch_size: int) -> int:
     """The module's formula: model state, the batch's activations and the fixed overhead."""
     return STATE_BYTES_PER_PARAMETER * parameters + batch_size * activations_per_image + OVERHEAD_BYTES
+
+
+def augment_bytes(batch_size: int, crop: tuple[int, int], stored_width: int) -> int:
+    """The float32 temporaries ``study.augment.augment_batch`` holds at once for a batch of ``crop`` (height,
+    width) crops from images stored ``stored_width`` wide: three row-gathered tensors at the stored width, then
+    about eight crop-sized ones (column neighbours, the blend, the photometric HSV copies), 3 channels each."""
+    return batch_size * 3 * 4 * crop[0] * (3 * stored_width + 8 * crop[1])
 
 
 def gpu_share(peak_bytes: int, gpu_bytes: int) -> float:

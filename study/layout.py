@@ -23,7 +23,7 @@ import json
 import re
 from pathlib import Path
 
-from study import storage
+from foundation import storage
 
 TRAIN_RUNS = "train"
 ERRORS = "errors"
@@ -147,9 +147,9 @@ def last_recorded_epoch(experiment: str | Path, trial_id: str) -> int:
 
 def best_trial_checkpoint(experiment: str | Path, trial_id: str, with_weights: bool = True,
                           epochs_seen: int | None = None) -> str | Path | None:
-    """A trial's best checkpoint within the epochs Tune saw: the one answer the summary, the analysis and
-    ``--resume`` use, for either runner. ``epochs_seen`` (the last epoch in Tune's results) is read from
-    ``result.json`` unless the caller has it already."""
+    """A trial's best checkpoint within the epochs Tune saw: the one answer the summary and the analysis use,
+    for either runner (a resumed trial continues from ``recorded_checkpoint``, its newest, not its best).
+    ``epochs_seen`` (the last epoch in Tune's results) is read from ``result.json`` unless the caller has it."""
     if epochs_seen is None:
         epochs_seen = last_recorded_epoch(experiment, trial_id)
     if not epochs_seen:

@@ -11,16 +11,15 @@ import logging
 import os
 from pathlib import Path
 
+from foundation import storage
+from foundation.errors import ConfigError, UsageError
 from segmodels import model_spec
-from study import storage
 from study.config import STUDY_STAGE
-from study.errors import ConfigError, UsageError
 from study.settings import StudySettings
 
 log = logging.getLogger(__name__)
 
 NEEDS_ENCODER = ("finetune", "freeze")
-DEFAULT_ENCODER = {"fcn_resnet50": "imagenet"}  # SegFormer's default is the study's own Cityscapes stage
 
 
 def check_experiment_dir(settings: StudySettings) -> None:
@@ -77,18 +76,26 @@ def models_to_pretrain(settings: StudySettings) -> list[str]:
 
 def encoder_sources(settings: StudySettings) -> dict[str, str]:
     """The encoder source of every model whose trials need one and that no pretraining stage makes: the one
-    given, else the registry entry's default (torchvision: ImageNet; Hugging Face: the model's own id or folder)."""
+    given, else the registry entry's default (torchvision: ImageNet; Hugging Face: the model's own id or folder;
+    the ``segformer`` alias: ``nvidia/mit-<variant>``). The presets' default for SegFormer is their own Cityscapes
+    stage (``models_to_pretrain``)."""
     needed = {m for m, i in trial_arms(settings) if i in NEEDS_ENCODER}
     staged = set(models_to_pretrain(settings))
     sources = {}
     for model in sorted(needed - staged):
-        default = DEFAULT_ENCODER.get(model) if model in ALIAS_OPTIONS else model_spec(model).default_pretrained
-        source = given_source(settings, model) or default
+        source = given_source(settings, model) or model_spec(model, settings.variant).default_pretrained
         if source is None:
             raise ConfigError(f"{source_option(model)}: the trials fine-tune or freeze {model} and no "
                               "encoder source is given")
         sources[model] = source
     return sources
+
+
+def check_models(settings: StudySettings) -> None:
+    """Every model the trials may build, whatever their init: a mistyped ``hf:`` folder or id stops the study now
+    instead of failing each trial inside Ray."""
+    for model in settings.models():
+        model_spec(model, settings.variant).check_available()
 
 
 def check_encoders(settings: StudySettings) -> None:
@@ -140,6 +147,7 @@ def prepare_data(settings: StudySettings) -> list[dict]:
 def preflight(settings: StudySettings) -> list[dict]:
     """Every check before Ray starts; returns the class frequencies (written to the experiment once it exists)."""
     check_experiment_dir(settings)
+    check_models(settings)
     frequencies = prepare_data(settings)
     check_encoders(settings)
     return frequencies

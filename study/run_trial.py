@@ -13,33 +13,21 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from study.cli import OneLineParser, class_weights_arg, exit_cli, image_size_arg
-from study.config import (
-    COMPILE_MODES,
-    DATA_PLACEMENTS,
-    DATASETS,
-    DEVICES,
-    INITS,
-    MODELS,
-    PRECISIONS,
-    SEGFORMER_VARIANTS,
-    SWITCHES,
-    TrainConfig,
-)
-from study.errors import ConfigError
-from study.io import atomic_torch_save, load_checkpoint, write_csv, write_json
+from foundation.errors import ConfigError
+from foundation.io import atomic_torch_save, load_checkpoint, write_csv, write_json
+from study.cli import OneLineParser, add_options, exit_cli, given
+from study.config import TrainConfig, parse_image_size
 from study.loop import METRIC_COLUMNS, TrainResult, ValidationEvent, train
-from study.task import FIELDS, load_task
+from study.options import names
+from study.recipes import apply_recipe
+from study.settings import StudySettings
+from study.task import load_task
 from study.trial import build_trial_model, load_splits, model_checkpoint
 
 log = logging.getLogger(__name__)
 
-# Options that may differ when resuming (where the data lives, how long to train, which device).
-RESUMABLE_CHANGES = {"data_root", "epochs", "device", "cache_dir", "data_placement", "device_memory_share"}
-
-TASK_FIELDS = tuple(FIELDS.values())  # dataset, data_root, classes, ..., as options or from --task
-SPEED_OPTIONS = ("tf32", "fused_adamw", "channels_last", "compile")  # how fast, not what is trained
-RESUMABLE_CHANGES |= set(SPEED_OPTIONS)
+# Options that may differ when resuming (where the data lives, how long to train, which device, how fast).
+RESUMABLE_CHANGES = set(names(TrainConfig, "resume"))
 
 
 def check_out_dir(cfg: TrainConfig, out: Path, resume: bool) -> dict[str, Any] | None:
@@ -94,67 +82,30 @@ def run_local(cfg: TrainConfig, out: str | Path, resume: bool = False, progress:
 
 
 def add_trial_options(parser: OneLineParser) -> None:
-    """The options that define a trial, with TrainConfig's defaults (shared with other entry points)."""
-    d = TrainConfig()
-    # The task's options default to None: a value given here beats the --task file, which beats TrainConfig's.
-    parser.add_argument("--task", metavar="FILE.yaml", help="the task file (study/task.py): dataset, root, classes...")
-    parser.add_argument("--dataset", choices=DATASETS, help=f"dataset format (default {d.dataset})")
-    parser.add_argument("--data-root", help=f"the dataset's root, e.g. the folder holding oxford-iiit-pet/ "
-                                            f"(default {d.data_root})")
-    parser.add_argument("--class-weights", type=class_weights_arg,
-                        help="loss weights per class: none (default), inverse_frequency, median_frequency or w0,w1,...")
-    parser.add_argument("--model", default=d.model, help=f"{', '.join(MODELS)} or hf:ID_OR_FOLDER (docs/models.md)")
-    parser.add_argument("--init", choices=INITS, default=d.init)
-    parser.add_argument("--pretrained", default=None,
-                        help="encoder source: a file, a Hugging Face id/folder (hf:), imagenet or coco_voc (tv:)")
-    parser.add_argument("--variant", choices=SEGFORMER_VARIANTS, default=d.variant, help="SegFormer MiT variant")
-    parser.add_argument("--epochs", type=int, default=d.epochs)
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
-    parser.add_argument("--lr", type=float, default=d.lr)
-    parser.add_argument("--gamma", type=float, default=d.gamma)
-    parser.add_argument("--image-size", type=image_size_arg,
-                        help=f"N or HxW, e.g. 64 or 64x128 (default {d.image_size[0]})")
-    parser.add_argument("--val-every", type=int, default=d.val_every)
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--device", choices=DEVICES, default=d.device)
-    parser.add_argument("--precision", choices=PRECISIONS, default=d.precision,
-                        help="autocast dtype (auto: bf16 on CPUs with native bf16, fp32 elsewhere)")
-    parser.add_argument("--data-placement", choices=DATA_PLACEMENTS, default=d.data_placement,
-                        help="where the splits live while training: device, host (streamed to the GPU batch by "
-                             "batch) or auto (device when they fit half the trial's free GPU memory)")
-    parser.add_argument("--tf32", choices=SWITCHES, default=d.tf32,
-                        help="TF32 matmuls and convolutions on CUDA (auto: on; off: strict fp32)")
-    parser.add_argument("--fused-adamw", choices=SWITCHES, default=d.fused_adamw,
-                        help="AdamW(fused=True), amsgrad kept (auto: on CUDA)")
-    parser.add_argument("--channels-last", choices=SWITCHES, default=d.channels_last,
-                        help="NHWC memory format (auto: the convnets on CUDA)")
-    parser.add_argument("--compile", choices=COMPILE_MODES, default=d.compile,
-                        help="torch.compile the model; reduce-overhead adds CUDA graphs (auto: reduce-overhead on "
-                             "CUDA for trials long enough to pay for the compile, off on the CPU)")
-    parser.add_argument("--cache-dir", default=None,
-                        help="decoded-data cache (default $SEGSTUDY_CACHE or ~/.cache/segstudy)")
-    parser.add_argument("--download", action="store_true", help="download Oxford-IIIT Pet if missing (needs internet)")
+    """The options that define a trial (``TrainConfig``'s, and ``--task``), grouped, with their defaults."""
+    add_options(parser, StudySettings, "trial")
+    data = next(g for g in parser._action_groups if g.title == "task and data")
+    data.add_argument("--download", action="store_true",
+                        help="download Oxford-IIIT Pet if missing (needs internet; default: off)")
 
 
 def config_from_args(args: Any) -> TrainConfig:
-    task = load_task(args.task) if args.task else {}
-    given = {name: getattr(args, name) for name in TASK_FIELDS if getattr(args, name, None) is not None}
-    return TrainConfig(
-        **{**task, **given}, model=args.model, init=args.init, pretrained=args.pretrained,
-        variant=args.variant, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, gamma=args.gamma,
-        val_every=args.val_every, seed=args.seed, device=args.device,
-        precision=args.precision, cache_dir=args.cache_dir, data_placement=args.data_placement,
-        **{name: getattr(args, name) for name in SPEED_OPTIONS},
-    )
+    """defaults < the recipe < the --task file < the options given."""
+    cli = given(args, StudySettings, "trial")
+    task = load_task(cli.pop("task")) if "task" in cli else {}
+    values = {**task, **cli}
+    return TrainConfig(**apply_recipe(values, parse_image_size(values.get("image_size", TrainConfig.image_size))))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="python -m study.run_trial",
                            description="Train one segmentation trial locally (no Ray).")
     add_trial_options(parser)
-    parser.add_argument("--out", default=None, help="run folder (default runs/DATASET-MODEL-INIT-seedSEED)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
-    parser.add_argument("--no-progress", action="store_true")
+    run = next(g for g in parser._action_groups if g.title == "storage and resume")
+    run.add_argument("--out", default=None, help="run folder (default: runs/DATASET-MODEL-INIT-seedSEED)")
+    run.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    views = next(g for g in parser._action_groups if g.title == "views")
+    views.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown)")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
     out = args.out or f"runs/{cfg.dataset}-{cfg.model}-{cfg.init}-seed{cfg.seed}"

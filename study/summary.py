@@ -22,9 +22,10 @@ from typing import Any
 
 import pandas as pd
 
-from study import storage
+from foundation import storage
+from foundation.errors import UsageError
+from segmodels.cost import DEVICE_KEY, MEASURED, MEMORY_MEASURE_KEY
 from study.config import SEARCHABLE, parse_image_size
-from study.errors import UsageError
 from study.fates import ERROR, STATUS, STOPPED_BY_ASHA, read_fate
 from study.layout import (
     CONFIRM_DIR,
@@ -38,9 +39,14 @@ from study.layout import (
     trial_folder,
     tune_results,
 )
+from study.pareto import losses, non_dominated
 
 HYPERPARAMETERS = ("model", "init", "lr", "gamma")  # what every trial has (a space may search more: SEARCHABLE)
-COST_COLUMNS = ("params", "flops")  # the model's parameters, and its forward FLOPs per image at the trial's size
+COUNTED_COST = ("params", "flops")  # the model's parameters, and its forward FLOPs per image at the trial's size
+# Measured by each trial on its device before it trained (study.trial_cost), from its results: the device kind,
+# latency at batch 1, throughput and training step at its batch size, peak memory (and what that is there).
+MEASURED_COST = (DEVICE_KEY, *MEASURED, MEMORY_MEASURE_KEY)
+COST_COLUMNS = (*COUNTED_COST, *MEASURED_COST)
 SUMMARY_COLUMNS = ("trial_id", "model", "init", "lr", "gamma", "seed", "epochs", "best_val_miou", "best_epoch",
                    "stopped_early", "status", "stop_reason", "failures", "error", "best_checkpoint", *COST_COLUMNS)
 METRICS = ("train_loss", "train_miou", "val_loss", "val_miou")
@@ -71,12 +77,16 @@ def results_experiment(experiment: str) -> str:
     return confirm if trial_ids(confirm) else experiment
 
 
-def top_configurations(summary: pd.DataFrame, k: int) -> list[dict]:
-    """The ``k`` best distinct configurations (model, init, lr, gamma) of a finished search, by best val mIoU:
-    what its confirm stage reruns with every seed."""
+def top_configurations(summary: pd.DataFrame, k: int, objectives: dict[str, str] | None = None) -> list[dict]:
+    """The ``k`` best distinct configurations of a finished search, by best val mIoU: what its confirm stage reruns
+    with every seed. With several ``objectives`` (metric -> max | min), those of the val Pareto front first."""
     done = summary[(summary["status"] == "done") & summary["best_val_miou"].notna()]
     keys = searched_columns(summary)
     distinct = done.sort_values("best_val_miou", ascending=False).drop_duplicates(keys)
+    if objectives and len(objectives) > 1 and len(distinct):
+        columns = {m: "best_val_miou" if m == "val_miou" else m for m in objectives}
+        on_front = non_dominated(losses(distinct, objectives, columns))
+        distinct = pd.concat([distinct[on_front], distinct[~on_front]])
     return [{key: _plain(row[key]) for key in keys if not _missing(row[key])} for _, row in distinct.head(k).iterrows()]
 
 
@@ -153,7 +163,8 @@ def load_history(experiment: str, default_seed: int = 0) -> pd.DataFrame:
         return pd.DataFrame(columns=["trial_id", *HYPERPARAMETERS, "seed", "epoch", *METRICS])
     history = pd.concat(frames, ignore_index=True)
     keep = ["trial_id", *searched_columns(history), "seed", "epoch", *METRICS, "epoch_lr", "images_per_s", "node_id",
-            "epochs_reached", "status", "stop_reason", "stopped_early", "failures", "error", "best_checkpoint"]
+            "epochs_reached", "status", "stop_reason", "stopped_early", "failures", "error", "best_checkpoint",
+            *MEASURED_COST]
     return history[[c for c in keep if c in history.columns]].sort_values(["trial_id", "epoch"]).reset_index(drop=True)
 
 

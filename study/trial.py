@@ -14,12 +14,12 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from foundation import storage
+from foundation.errors import UsageError
+from foundation.io import atomic_torch_save, load_checkpoint, write_csv, write_json
 from segmodels import SegModel, build_model
-from study import storage
 from study.config import SEARCHABLE, TrainConfig
-from study.data import Labels, SegDataset, build_dataset
-from study.errors import UsageError
-from study.io import atomic_torch_save, load_checkpoint, write_csv, write_json
+from study.data import Labels, Layout, SegDataset, build_dataset
 from study.layout import CHECKPOINT_FILE, HISTORY_FILE, METRICS_FILE, error_file
 from study.loop import METRIC_COLUMNS, ValidationEvent, seed_everything
 
@@ -30,19 +30,30 @@ PERMANENT_ERRORS = (UsageError,)
 
 @functools.lru_cache(maxsize=8)
 def _split(dataset: str, split: str, root: str, size: tuple[int, int], cache_dir: str | None,
-           download: bool, labels: Labels) -> SegDataset:
-    return build_dataset(dataset, split, root, size, cache_dir=cache_dir, download=download, labels=labels)
+           download: bool, labels: Labels, layout: Layout | None = None) -> SegDataset:
+    return build_dataset(dataset, split, root, size, cache_dir=cache_dir, download=download, labels=labels,
+                         layout=layout or Layout())
+
+
+def split_layouts(cfg: TrainConfig) -> tuple[Layout, Layout]:
+    """How the train and the evaluated (val, test) splits are stored for ``cfg``'s recipe: train at the base scale
+    (when set, for ``study.augment``); val/test at the test scale (the base scale, else ``image_size``), with the
+    labels also at their original resolution for ``eval_at`` original."""
+    base = tuple(cfg.base_size) if cfg.base_size else None
+    return Layout(base), Layout(base, cfg.eval_at == "original")
 
 
 def load_splits(cfg: TrainConfig, download: bool = False) -> tuple[SegDataset, SegDataset]:
-    """Train and val splits of ``cfg.dataset`` (validated and cached on first use).
+    """Train and val splits of ``cfg.dataset`` (validated and cached on first use), stored as ``split_layouts``.
 
     Kept in memory for the life of the process: a Ray Tune actor reused for the next trial
     (``reuse_actors=True``) does not decode or even re-read them.
     """
     key = (cfg.dataset, cfg.data_root, tuple(cfg.image_size), cfg.cache_dir)
     labels = Labels.of(cfg)
-    return _split(key[0], "train", *key[1:], download, labels), _split(key[0], "val", *key[1:], False, labels)
+    train_layout, eval_layout = split_layouts(cfg)
+    return (_split(key[0], "train", *key[1:], download, labels, train_layout),
+            _split(key[0], "val", *key[1:], False, labels, eval_layout))
 
 
 def build_trial_model(cfg: TrainConfig, num_classes: int) -> SegModel:

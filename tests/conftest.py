@@ -110,3 +110,16 @@ def demo_study(ray_cluster: str, small_toy_root: Path, cache_dir: Path,
     (storage / "console.txt").write_text(done.stdout + done.stderr)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     return storage / "demo"
+
+
+def first_points(folder: Path, count: int) -> list[str]:
+    """``--space FILE`` options that cut the demo preset to its first ``count`` warm-start points: a search may not
+    run fewer trials than its points, so a short test study names the points it runs."""
+    import yaml
+
+    from study.space import load_preset
+
+    path = folder / f"demo-first-{count}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({"points": load_preset("demo")["points"][:count]}))
+    return ["--space", str(path)]

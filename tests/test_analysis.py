@@ -329,3 +329,38 @@ def test_the_test_section_says_when_test_is_the_val_split() -> None:
     pets = "\n".join(report._test_section(summary, "pets"))
     assert "official val split" in city and "optimistic" in city
     assert "optimistic" not in pets and "| 0.5000 | [0.4000, 0.6000] |" in pets
+
+
+def _searched(rows: int, gamma: bool) -> pd.DataFrame:
+    """A search over model, init, lr and batch_size (and gamma only when ``gamma``): best val mIoU set by the
+    batch size alone, so it is the important key."""
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame([{"trial_id": f"t{k:02d}", "model": ("segformer", "fcn_resnet50")[k % 2],
+                           "init": ("scratch", "finetune")[k // 2 % 2],
+                           "strategy": ("scratch", "fine-tune")[k // 2 % 2],
+                           "lr": float(rng.uniform(1e-4, 3e-3)), "batch_size": (8, 32)[k // 4 % 2], "seed": 0,
+                           "epochs": 6, "best_val_miou": 0.3 + 0.3 * ((k // 4) % 2) + 0.001 * k, "test_miou": np.nan,
+                           "status": "done", "stop_reason": "completed", "error": ""} for k in range(rows)])
+    return table.assign(gamma=0.98 - 0.01 * (table.index % 3)) if gamma else table
+
+
+@pytest.mark.parametrize("gamma", [False, True])
+def test_every_searched_key_is_shown_and_analysed_and_an_unsearched_gamma_is_no_error(gamma: bool) -> None:
+    from analysis.importance import hyperparameter_importance
+    from analysis.load import searched_keys
+
+    table = _searched(12, gamma)
+    space = {"model": ["choice", ["segformer", "fcn_resnet50"]], "init": ["choice", ["scratch", "finetune"]],
+             "lr": ["loguniform", 1e-4, 3e-3], "batch_size": ["choice", [8, 32]], "epochs": ["choice", [6]]}
+    space.update({"gamma": ["uniform", 0.9, 0.999]} if gamma else {})
+    keys = searched_keys({"space": space}, table)
+    assert keys == ["model", "init", "lr", "batch_size", *(["gamma"] if gamma else [])]  # epochs: one value
+    assert searched_keys({}, table)[:3] == ["model", "init", "lr"]  # nothing recorded: the summary's columns
+    importances = hyperparameter_importance(table, keys, space)
+    assert set(importances) == set(keys) and max(importances, key=importances.get) == "batch_size"
+    assert report._headline(table, keys).startswith("**Best configuration:** FCN ResNet-50, fine-tune (init "
+                                                    "`finetune`, lr ")
+    markdown = report.render_markdown("s/demo", {"space": space}, table, [], [], Path("out"), keys=keys)
+    header = next(line for line in markdown.splitlines() if line.startswith("| trial |"))
+    assert header.startswith("| trial | model | strategy | lr | batch_size | " + ("gamma | " if gamma else "seed"))
+    assert "| t11 | FCN ResNet-50 | fine-tune |" in markdown and "nan" not in markdown

@@ -30,6 +30,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import first_points
 from ray_nodes import dashboard_get, free_port, node_logs, processes_with_env, wait_for_log
 
 REPO = Path(__file__).resolve().parents[1]
@@ -213,6 +214,7 @@ def test_the_autoscaler_grows_gpu_nodes_for_a_study_submitted_as_a_job(fake_clus
     submitted = time.monotonic()
     submit = ray_cli(fake_cluster, "job", "submit", "--submission-id", "autoscale-1", "--no-wait", "--",
                      *study_args(small_toy_root, cache_dir, storage, "autoscale", encoders, "--num-samples", "2",
+                                *first_points(storage, 2),
                                  "--epochs", "2"))
     assert submit.returncode == 0, submit.stderr[-3000:]
     logs = ray_cli(fake_cluster, "job", "logs", "--follow", "autoscale-1", timeout=420)
@@ -256,7 +258,8 @@ def test_a_stopped_job_resubmitted_with_resume_completes_the_study(fake_cluster:
                                                                    tmp_path: Path) -> None:
     storage = tmp_path / "storage"
     experiment = storage / "stopped"
-    args = study_args(small_toy_root, cache_dir, storage, "stopped", encoders, "--num-samples", "3", "--epochs", "4",
+    args = study_args(small_toy_root, cache_dir, storage, "stopped", encoders, "--num-samples", "3",
+                      *first_points(storage, 3), "--epochs", "4",
                       "--max-concurrent", "1", "--no-report")
     submit = ray_cli(fake_cluster, "job", "submit", "--submission-id", "stop-1", "--no-wait", "--", *args)
     assert submit.returncode == 0, submit.stderr[-3000:]

@@ -38,6 +38,7 @@ import pandas as pd
 import pytest
 import ray
 import yaml
+from conftest import first_points
 from ray_nodes import (
     dashboard_get,
     free_port,
@@ -270,7 +271,8 @@ def test_study_spans_two_nodes(two_nodes: dict, small_toy_root: Path, cache_dir:
     encoders = {m: save_encoder(build_model(m, 19), tmp_path / f"{m}.pt") for m in ("segformer", "fcn_resnet50")}
     storage = tmp_path / "storage"
     args = [sys.executable, "-m", "study.run", "--preset", "demo", "--data-root", str(small_toy_root),
-            "--storage", str(storage), "--name", "two_nodes", "--num-samples", "2", "--epochs", "2", "--no-report",
+            "--storage", str(storage), "--name", "two_nodes", "--num-samples", "2", *first_points(tmp_path, 2),
+            "--epochs", "2", "--no-report",
             "--pretrained-segformer", str(encoders["segformer"]), "--pretrained-fcn", str(encoders["fcn_resnet50"]),
             "--cache-dir", str(cache_dir), "--trial-runner", trial_runner]
     env = {**two_nodes["env"], "RAY_ADDRESS": two_nodes["address"], "SEGSTUDY_CACHE": str(cache_dir),

@@ -12,7 +12,7 @@ import pytest
 from segmodels import build_model
 from segmodels.cost import count_flops, count_parameters
 from study.gpu_memory import MIN_SHARE, OVERHEAD_BYTES, estimate_peak_bytes, gpu_share, training_memory
-from study.settings import StudySettings
+from study.settings import ResourcePlan, StudySettings
 from study.summary import COST_COLUMNS, SUMMARY_COLUMNS, add_cost, model_cost, study_num_classes
 
 GONE = "hf:/nonexistent/model-folder"
@@ -78,9 +78,9 @@ def test_each_model_asks_for_its_own_share_of_the_gpu() -> None:
     peak = estimate_peak_bytes(parameters, activations, 16)  # the largest batch the space may sample
     assert settings.gpu_shares(gpu_bytes=peak) == {"segformer": 1.0}
     assert settings.gpu_shares(gpu_bytes=3 * peak) == {"segformer": 0.5}
-    settings.gpus_per_model = settings.gpu_shares(gpu_bytes=3 * peak)
-    assert settings.trial_resources({"model": "segformer", "lr": 1e-3}) == {"cpu": 2, "gpu": 0.5}
-    assert settings.trial_resources({"model": "fcn_resnet50"}) == {"cpu": 2, "gpu": 0.25}  # not sized: the default
+    plan = ResourcePlan(cpus_per_trial=2, gpus_per_trial=0.25, gpus_per_model=settings.gpu_shares(gpu_bytes=3 * peak))
+    assert plan.trial_resources({"model": "segformer", "lr": 1e-3}) == {"cpu": 2, "gpu": 0.5}
+    assert plan.trial_resources({"model": "fcn_resnet50"}) == {"cpu": 2, "gpu": 0.25}  # not sized: the default
 
 
 @pytest.mark.parametrize("groups", [1, 8])

@@ -6,11 +6,12 @@ import torch
 from PIL import Image
 from torchvision.datasets import Cityscapes, OxfordIIITPet
 
+from foundation import storage
+from foundation.errors import DataError
 from study.data import build_dataset, cache
 from study.data.formats import open_source
 from study.data.sources import CITYSCAPES_TRAIN_CLASSES, PETS_CLASSES
 from study.data.toy import write_toy
-from study.errors import DataError
 
 
 def test_toy_data_is_read_by_torchvisions_own_loaders(toy_root: Path) -> None:
@@ -103,7 +104,7 @@ def test_cache_is_reused_and_invalidated(toy_copy: Path, tmp_path: Path, monkeyp
 
 def test_cache_dir_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("SEGSTUDY_CACHE", str(tmp_path / "env-cache"))
-    assert cache.default_cache_dir() == tmp_path / "env-cache"
+    assert storage.default_cache_dir() == tmp_path / "env-cache"
 
 
 def _first_val_pair(root: Path) -> tuple[Path, Path]:

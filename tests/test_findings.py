@@ -20,7 +20,10 @@ from analysis.findings import (
     findings,
     holm,
     mean_ci,
+    model_headline,
+    model_ranking,
     trial_scores,
+    which_model,
 )
 from analysis.load import best_configuration_trials, model_colours, model_label, strategy_labels
 
@@ -421,3 +424,43 @@ def test_the_report_presets_claims_are_the_special_case_on_the_recorded_genuine_
     reconstructed = table["metric"] != "val_miou_instability"  # see genuine_study
     pd.testing.assert_frame_equal(table.loc[reconstructed, numbers], recorded.loc[reconstructed, numbers],
                                   rtol=1e-9)
+
+
+def test_which_model_is_its_own_holm_family_and_leaves_the_report_claims_as_recorded() -> None:
+    """On the recorded genuine study: one best-against-best row (FCN ResNet-50 against SegFormer), adjusted within
+    its own family (of one, so Holm's p is its p), while the claims' rows stay those recorded (the test above)."""
+    df, test_miou = genuine_study()
+    rows = which_model(df, test_miou)
+    recorded = pd.read_csv(GENUINE / "findings.csv")
+    assert len(rows) == 1 and not recorded["claim"].str.contains("best configuration").any()
+    (row,) = rows.itertuples()
+    assert {row.group_a.split()[0], row.group_b.split()[0]} == {"FCN", "SegFormer"}
+    assert row.p_holm == pytest.approx(row.p_value) and row.n_a == row.n_b == 3
+    assert row.mean_a == pytest.approx(float(test_miou.reindex(best_trials(df, row.group_a)).mean()))
+    pd.testing.assert_frame_equal(findings(df, 0.01, test_miou=test_miou)[["claim", "p_holm", "verdict"]],
+                                  recorded[["claim", "p_holm", "verdict"]], check_dtype=False, rtol=1e-9)
+
+
+def best_trials(df: pd.DataFrame, group: str) -> list[str]:
+    """The trial ids of a ``group_a`` label's chosen configuration."""
+    model = next(m for m in set(df["model"]) if group.startswith(model_label(m)))
+    return best_configuration_trials(df, model)[group.removeprefix(model_label(model)).strip()]
+
+
+def test_the_headline_says_whether_the_best_models_lead_is_decided() -> None:
+    """TV is best on val; its lead over HF is decided when it also wins on test, reversed when it loses there
+    clearly, and not decided with one seed or within the spread."""
+    df = history({(TV, "finetune", LR): flat(HIGH), (HF, "finetune", LR): flat(LOW),
+                  (HF, "scratch", LR): flat([v - 0.1 for v in LOW])})
+    ranking = model_ranking(df)
+    assert [(m, s) for m, s, _ in ranking] == [(TV, "fine-tune"), (HF, "fine-tune")]
+    decided = model_headline(ranking, which_model(df, measured_test_miou(df)))
+    assert decided.startswith(f"**Best model:** {model_label(TV)}") and "is **decided** on test" in decided
+    flipped = {f"{TV}_finetune_0.001_{k}": -0.5 for k in range(3)}
+    assert "the lead is reversed" in model_headline(ranking, which_model(df, measured_test_miou(df, flipped)))
+    close = {f"{TV}_finetune_0.001_{k}": d for k, d in enumerate((-0.45, -0.25, -0.05))}
+    assert "is **not decided**" in model_headline(ranking, which_model(df, measured_test_miou(df, close)))
+    one_seed = history({(TV, "finetune", LR): flat(HIGH[:1]), (HF, "finetune", LR): flat(LOW[:1])})
+    line = model_headline(model_ranking(one_seed), which_model(one_seed, measured_test_miou(one_seed)))
+    assert "is **not decided**" in line and "at least 3 seeds" in line
+    assert model_headline(model_ranking(one_seed)[:1], which_model(one_seed)) == ""  # one model: no headline

@@ -1,7 +1,8 @@
-"""The layers, checked on the source: dependencies point one way, and Ray stays in one folder.
+"""The layers, checked on the source: dependencies point one way, and Ray stays in one folder, with no exemptions.
 
-segmodels <- study core (data, metric, loop, trial helpers: no Ray) <- study/orchestrate (the only Ray) <- CLIs;
-search_spaces is data and its grammar (checked by study.config); analysis reads results from disk and never needs Ray.
+foundation (errors, files, storage) <- segmodels <- study core (options, data, metric, loop: no Ray, no analysis)
+<- study/orchestrate (the only Ray; no analysis) <- the CLIs. search_spaces is data only; analysis reads results
+from disk and never needs Ray.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-CLIS = {"study/run.py"}  # the study's CLI imports the Ray layer once its options are checked
+CLIS = {"study/run.py"}  # the study's CLI: imports the Ray layer once its options are checked, then analysis
 
 
 def imports(path: Path) -> set[str]:
@@ -34,23 +35,29 @@ def top(module: str) -> str:
     return module.split(".")[0]
 
 
-@pytest.mark.parametrize("path", files("study", "analysis", "segmodels", "search_spaces"),
+@pytest.mark.parametrize("path", files("foundation", "study", "analysis", "segmodels", "search_spaces"),
                          ids=lambda p: str(p.relative_to(REPO)))
 def test_each_layer_imports_only_what_lies_below_it(path: Path) -> None:
     rel = path.relative_to(REPO).as_posix()
     used = imports(path)
     tops = {top(m) for m in used}
-    if rel.startswith("segmodels/"):
+    project = {"foundation", "segmodels", "study", "analysis", "search_spaces"}
+    if rel.startswith("foundation/"):
+        assert not tops & (project - {"foundation"}) and "ray" not in tops, used
+    elif rel.startswith("segmodels/"):
         assert not tops & {"study", "analysis", "search_spaces", "ray"}, used
     elif rel.startswith("search_spaces/"):
-        # data and its grammar, checked by study.config's TrainConfig; never Ray, the Ray layer or analysis
-        assert not tops & {"ray", "analysis"} and not any(m.startswith("study.orchestrate") for m in used), used
+        assert not used, used  # data only
     elif rel.startswith("analysis/"):
-        assert "ray" not in tops and not any(m.startswith("study.orchestrate") for m in used), used
+        assert "ray" not in tops and "search_spaces" not in tops, used
+        assert not any(m.startswith("study.orchestrate") for m in used), used
     elif rel.startswith("study/orchestrate/"):
-        assert "analysis" not in tops or rel == "study/orchestrate/__init__.py", used  # the report, at the end
-    elif rel not in CLIS:
-        assert "ray" not in tops and not any(m.startswith("study.orchestrate") for m in used), used
+        assert not tops & {"analysis", "search_spaces"}, used
+    elif rel in CLIS:
+        assert "search_spaces" not in tops, used
+    else:  # the study core
+        assert not tops & {"ray", "analysis", "search_spaces"}, used
+        assert not any(m.startswith("study.orchestrate") for m in used), used
 
 
 def test_the_ray_layer_imports_ray_at_the_top_of_its_modules() -> None:

@@ -6,10 +6,9 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
+from foundation.errors import ConfigError, PretrainedUnavailable
 from segmodels import (
     TV_MODELS,
-    ConfigError,
-    PretrainedUnavailable,
     build_model,
     check_model,
     model_spec,

@@ -5,6 +5,7 @@ Kills happen at known points (a checkpoint on disk), never after a sleep.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import first_points
 from PIL import Image
 
 from study.cli import main_guard
@@ -28,13 +30,13 @@ def _one_trial_settings(toy_root: Path, cache_dir: Path, storage: Path, name: st
     from study.run import settings_from_args
 
     settings = settings_from_args(["--preset", "demo", "--data-root", str(toy_root), "--storage", str(storage),
-                                   "--name", name, "--num-samples", "1", "--epochs", str(epochs), "--batch-size", "8",
+                                   "--name", name, "--num-samples", "1", *first_points(storage, 1),
+                                   "--epochs", str(epochs), "--batch-size", "8",
                                    "--image-size", "32", "--cache-dir", str(cache_dir), "--no-report",
                                    "--trial-runner", runner, *extra])
-    settings.space = {**settings.space, "model": ("choice", ["segformer"]), "init": ("choice", ["scratch"])}
-    settings.points = [{"model": "segformer", "init": "scratch", "lr": 1e-3, "gamma": 0.98}]
-    settings.scheduler, settings.pretrain = "fifo", {}
-    return settings
+    return dataclasses.replace(
+        settings, space={**settings.space, "model": ("choice", ["segformer"]), "init": ("choice", ["scratch"])},
+        points=[{"model": "segformer", "init": "scratch", "lr": 1e-3, "gamma": 0.98}], scheduler="fifo", pretrain={})
 
 
 def test_a_killed_worker_resumes_from_its_latest_checkpoint(ray_cluster: str, toy_root: Path, cache_dir: Path,
@@ -88,7 +90,8 @@ def test_an_error_retrying_cannot_fix_ends_its_trial_at_once(ray_cluster: str, t
     settings = _one_trial_settings(toy_root, cache_dir, tmp_path, "broken", trial_runner, epochs=2,
                                    extra=["--pretrained-segformer", str(missing)])
     settings.space["init"] = ("choice", ["finetune"])
-    settings.points = [{"model": "segformer", "init": "finetune", "lr": 1e-3, "gamma": 0.98}]
+    settings = dataclasses.replace(settings, points=[{"model": "segformer", "init": "finetune", "lr": 1e-3,
+                                                      "gamma": 0.98}])
     summary = orchestrate.run_study(settings)
     assert list(summary["status"]) == ["error"] and str(missing) in summary["error"][0]
     trial_id = str(summary["trial_id"][0])
@@ -116,15 +119,17 @@ def test_many_early_stops_finish_without_deadlock(ray_cluster: str, toy_root: Pa
     # kept its group would leave a later trial waiting, and one left over fails the check below.
     trials, min_stopped = (24, 20) if trial_runner == "tune" else (4, 2)
     settings = settings_from_args(["--preset", "demo", "--data-root", str(toy_root), "--storage", str(tmp_path),
-                                   "--name", "asha", "--num-samples", str(trials), "--epochs", "2", "--image-size",
+                                   "--name", "asha", "--num-samples", str(trials),
+                                   *first_points(tmp_path, min(trials, 6)),
+                                   "--epochs", "2", "--image-size",
                                    "32", "--cache-dir", str(cache_dir), "--no-report", "--trial-runner", trial_runner])
-    settings.space = {**settings.space, "model": ("choice", ["segformer"]), "init": ("choice", ["scratch"])}
+    space = {**settings.space, "model": ("choice", ["segformer"]), "init": ("choice", ["scratch"])}
     # Trials in order of falling learning rate, all below the rate where more is better after one epoch,
     # so that almost every new trial is worse than those before it and ASHA stops it.
-    settings.points = [{"model": "segformer", "init": "scratch", "lr": float(lr), "gamma": 0.98}
-                       for lr in np.geomspace(1e-4, 1e-8, trials)]
-    settings.pretrain = {}
-    settings.val_every, settings.grace_period, settings.reduction_factor = 1, 1, 8  # ASHA keeps only the top 1/8
+    points = [{"model": "segformer", "init": "scratch", "lr": float(lr), "gamma": 0.98}
+              for lr in np.geomspace(1e-4, 1e-8, trials)]
+    settings = dataclasses.replace(settings, space=space, points=points, pretrain={}, val_every=1, grace_period=1,
+                                   reduction_factor=8)  # ASHA keeps only the top 1/8
     summary = orchestrate.run_study(settings)
     assert len(summary) == trials and (summary["status"] == "done").all()
     assert summary["stopped_early"].sum() >= min_stopped, summary
@@ -215,7 +220,8 @@ def test_options_are_checked_against_each_other(toy_root: Path, tmp_path: Path, 
     err = capsys.readouterr().err
     assert code == 2 and "--trial-runner tune" in err and len(err.strip().splitlines()) == 1
     clamped = settings_from_args(["--preset", "search", "--epochs", "2", "--data-root", str(toy_root)])
-    assert clamped.grace_period == 2  # ASHA's grace period of 4 is clamped to --epochs, with a warning
+    assert (clamped.grace_period, clamped.asha_grace_period) == (4, 2)  # ASHA decides within --epochs; settings
+    # stay as resolved
 
 
 def test_storage_that_is_not_writable(toy_root: Path, tmp_path: Path, capsys) -> None:

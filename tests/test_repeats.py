@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from conftest import first_points
 from test_study import _epochs, _finished, _trial_checkpoint_mtime, assert_quiet_console
 
 from analysis.findings import FINDINGS_COLUMNS
@@ -30,7 +31,8 @@ def encoder_options(demo_study: Path) -> list[str]:
 def test_a_search_then_its_confirm_stage_resumes_after_the_driver_is_killed(
         ray_cluster: str, demo_study: Path, small_toy_root: Path, cache_dir: Path, tmp_path: Path) -> None:
     args = ["-m", "study.run", "--preset", "demo", "--data-root", str(small_toy_root), "--storage", str(tmp_path),
-            "--name", "confirmed", "--num-samples", "3", "--epochs", "4", "--confirm-top", "2", "--repeats", "2",
+            "--name", "confirmed", "--num-samples", "3", *first_points(tmp_path, 3),
+            "--epochs", "4", "--confirm-top", "2", "--repeats", "2",
             "--no-report", "--cache-dir", str(cache_dir), *encoder_options(demo_study)]
     env = {**os.environ, "RAY_ADDRESS": ray_cluster}
     experiment, confirm = tmp_path / "confirmed", tmp_path / "confirmed" / "confirm"
@@ -115,7 +117,8 @@ def assert_optuna_studies(experiment: Path) -> None:
         for row in summary[summary["status"] == "done"].itertuples():
             curve = {r["epoch"]: r["val_miou"] for r in tune_results(stage, row.trial_id) if "val_miou" in r}
             trial = by_id[row.trial_id]
-            assert trial.state == optuna.trial.TrialState.COMPLETE, (name, row.trial_id)
+            told = "COMPLETE" if row.stop_reason == "completed" else "PRUNED"  # PRUNED: stopped by ASHA
+            assert trial.state.name == told, (name, row.trial_id)
             assert trial.value == curve[max(curve)] and trial.intermediate_values == curve, (name, row.trial_id)
             assert trial.user_attrs["best_val_miou"] == max(curve.values())
             if name.endswith("-confirm"):

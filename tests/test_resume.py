@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import first_points
 
 REPO = Path(__file__).resolve().parents[1]
 TRIALS, EPOCHS = 3, 6  # validations at epochs 2, 4, 6: a trial is mid-epoch after each of the first two
@@ -233,7 +234,8 @@ def test_a_study_stopped_six_times_resumes_exactly(ray_cluster: str, small_toy_r
     name = f"stops-{os.getpid()}"
     experiment = tmp_path / "st" / name
     space = tmp_path / "asha_at_4.yaml"
-    space.write_text(ASHA_AT_4)
+    points = Path(first_points(tmp_path, TRIALS)[1]).read_text()  # the demo's first warm-start points
+    space.write_text(ASHA_AT_4 + points)
     args = study_args(small_toy_root, cache_dir, tmp_path / "st", name, encoders, TRIALS, EPOCHS,
                       "--space", str(space))
     env = {**os.environ, "RAY_ADDRESS": ray_cluster}
@@ -256,7 +258,7 @@ def test_a_study_on_its_own_local_ray_resumes_exactly_after_sigterm(small_toy_ro
     name = f"stop-local-{os.getpid()}"
     experiment = tmp_path / "st" / name
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    args = study_args(small_toy_root, cache_dir, tmp_path / "st", name, encoders, 1, 4)
+    args = study_args(small_toy_root, cache_dir, tmp_path / "st", name, encoders, 1, 4, *first_points(tmp_path, 1))
     driver = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
     try:  # its staging copy is in its own Ray session: watch storage instead (Tune syncs it every 2 s)

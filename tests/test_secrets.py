@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import first_points
 from ray_nodes import (
     dashboard_get,
     free_port,
@@ -85,7 +86,7 @@ def test_a_key_from_wandb_login_means_online_runs(no_key, tmp_path: Path) -> Non
 
 
 def test_online_without_any_key_is_a_one_line_error(no_key, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from study.errors import ConfigError
+    from foundation.errors import ConfigError
     from study.orchestrate.tuner import wandb_callbacks
     from study.settings import StudySettings
 
@@ -168,6 +169,7 @@ def test_the_wandb_key_reaches_no_runtime_env_log_file_or_console(ray_head: dict
     private_tmp.mkdir()
     args = [sys.executable, "-m", "study.run", "--preset", "demo", "--data-root", str(small_toy_root),
             "--storage", str(storage), "--name", "keyed", "--wandb", "--no-report", "--num-samples", "2",
+            *first_points(tmp_path, 2),
             "--epochs", "2", "--cache-dir", str(cache_dir), "--pretrained-segformer", str(encoders["segformer"]),
             "--pretrained-fcn", str(encoders["fcn_resnet50"])]
     env = {**ray_head["env"], "RAY_ADDRESS": ray_head["address"], "SEGSTUDY_CACHE": str(cache_dir),

@@ -1,4 +1,4 @@
-"""The one grammar of a search space (search_spaces.spec): the presets as YAML, a --space file, --print-space.
+"""The one grammar of a search space (study.space): the presets as YAML, a --space file, --print-space.
 
 No Ray: every check here runs before Ray starts, and --print-space must never start it.
 """
@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from search_spaces import PRESETS, load_preset, spec
 from study import run
+from study import space as spec
 from study.cli import main_guard
+from study.settings import ResourcePlan
+from study.space import PRESETS, load_preset
 from study.trial import trial_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,7 +58,7 @@ def write(tmp_path: Path, text: str, name: str = "space.yaml") -> Path:
 
 def test_report_preset_is_unchanged() -> None:
     assert load_preset("report") == {
-        "dataset": "pets", "epochs": 30, "batch_size": 64, "image_size": "64", "val_every": 2, "scheduler": "fifo",
+        "dataset": "pets", "epochs": 30, "batch_size": 64, "image_size": (64, 64), "val_every": 2, "scheduler": "fifo",
         "searcher": "grid", "space": {}, "points": REPORT_POINTS,
         "pretrain": {"models": ["segformer"], "dataset": "cityscapes", "image_size": "64x128", "epochs": 30,
                      "batch_size": 64, "lr": LR, "gamma": GAMMA}}
@@ -148,7 +150,8 @@ def test_trial_config_takes_every_searched_key(tmp_path: Path) -> None:
     settings = run.settings_from_args(["--space", str(write(tmp_path, GOOD)), "--image-size", "32"])
     params = {"model": "fcn_resnet50", "init": "finetune", "lr": 2e-4, "gamma": 0.95, "batch_size": np.int64(24),
               "image_size": "64x128", "weight_decay": 0, "class_weights": "inverse_frequency", "seed": 3}
-    cfg = trial_config(params, settings.trial_base({"fcn_resnet50": "encoder.pt"}))
+    plan = ResourcePlan(cpus_per_trial=1, gpus_per_trial=0)
+    cfg = trial_config(params, settings.trial_base({"fcn_resnet50": "encoder.pt"}, plan))
     assert (cfg.model, cfg.init, cfg.lr, cfg.gamma, cfg.seed) == ("fcn_resnet50", "finetune", 2e-4, 0.95, 3)
     assert cfg.batch_size == 24 and type(cfg.batch_size) is int and cfg.image_size == (64, 128)
     assert cfg.weight_decay == 0.0 and type(cfg.weight_decay) is float and cfg.class_weights == "inverse_frequency"

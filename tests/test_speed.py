@@ -14,9 +14,9 @@ import pytest
 import torch
 from torch import nn
 
+from foundation.errors import ConfigError
 from study.config import TrainConfig
 from study.data import SegDataset
-from study.errors import ConfigError
 from study.loop import train, train_one_epoch
 from study.speed import Speed, pad_order, resolve_speed
 
@@ -145,6 +145,7 @@ def test_both_command_lines_pass_the_speed_options_to_every_trial(tmp_path) -> N
     from study.cli import OneLineParser
     from study.run import settings_from_args
     from study.run_trial import add_trial_options, config_from_args
+    from study.settings import ResourcePlan
 
     parser = OneLineParser(prog="run_trial")
     add_trial_options(parser)
@@ -152,7 +153,7 @@ def test_both_command_lines_pass_the_speed_options_to_every_trial(tmp_path) -> N
     assert (cfg.compile, cfg.fused_adamw, cfg.tf32, cfg.channels_last) == ("max-autotune", "on", "off", "auto")
     settings = settings_from_args(["--preset", "demo", "--storage", str(tmp_path), "--compile", "off",
                                    "--channels-last", "on"])
-    base = settings.trial_base({})
+    base = settings.trial_base({}, ResourcePlan(cpus_per_trial=1, gpus_per_trial=0))
     assert (base["compile"], base["channels_last"], base["tf32"], base["fused_adamw"]) == ("off", "on", "auto", "auto")
     fields = set(TrainConfig.__dataclass_fields__)
     assert TrainConfig(**{k: v for k, v in base.items() if k in fields}, model="fcn_resnet50").compile == "off"

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import first_points
 
 from study.cli import main_guard
 
@@ -27,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # ---------------------------------------------------------------- pure helpers
 def test_join_keeps_the_query_string_at_the_end() -> None:
-    from study.storage import display, join
+    from foundation.storage import display, join
 
     uri = "s3://bucket/results?endpoint_override=http://127.0.0.1:9000&scheme=http"
     assert join(uri, "demo", "train/") == "s3://bucket/results/demo/train?endpoint_override=http://127.0.0.1:9000&scheme=http"
@@ -37,7 +38,7 @@ def test_join_keeps_the_query_string_at_the_end() -> None:
 
 def test_atomic_writes_get_the_mode_a_plain_write_gets(tmp_path: Path) -> None:
     """Results on a shared filesystem must be readable by the team, not 0600 like a temporary file."""
-    from segmodels.files import atomic_write
+    from foundation.files import atomic_write
 
     (tmp_path / "plain.txt").write_text("x")
     atomic_write(tmp_path / "atomic.txt", lambda f: f.write(b"x"))
@@ -52,27 +53,21 @@ def test_cluster_yaml_capacity_sizes_trials_before_any_gpu_node_exists() -> None
     assert capacity == {"CPU": 32, "GPU": 8, "on_demand": 32}  # head (CPU 0, on_demand 32) + 8 x g6.xlarge
     head_only = {"CPU": 0.0, "on_demand": 32.0}  # just after `ray up`: no worker yet
 
-    default = StudySettings()  # one-worker trials: a quarter of a GPU each (measured on an H200, docs/performance.md)
-    plan_resources(default, head_only, capacity)
-    assert default.gpus_per_trial == 0.25 and default.max_concurrent == 32
-    ddp = StudySettings(workers_per_trial=2)  # DDP trials take one whole GPU per worker
-    plan_resources(ddp, head_only, capacity)
+    default = plan_resources(StudySettings(), head_only, capacity)  # one-worker trials: a quarter of a GPU each
+    assert default.gpus_per_trial == 0.25 and default.max_concurrent == 32  # (docs/performance.md: measured)
+    ddp = plan_resources(StudySettings(workers_per_trial=2), head_only, capacity)  # one whole GPU per DDP worker
     assert ddp.gpus_per_trial == 2.0 and ddp.max_concurrent == 4
-
-    shared = StudySettings(gpus_per_trial=0.25)
-    plan_resources(shared, head_only, capacity)
+    shared = plan_resources(StudySettings(gpus_per_trial=0.25), head_only, capacity)
     assert shared.max_concurrent == 32  # 4 per g6.xlarge (4 CPUs, 1 GPU), 8 nodes
 
-    from study.errors import ConfigError
+    from foundation.errors import ConfigError
 
     with pytest.raises(ConfigError, match="--gpus-per-trial: 9 is more than the cluster has \\(8 GPUs\\)"):
         plan_resources(StudySettings(gpus_per_trial=9), head_only, capacity)
-    laptop = StudySettings()
-    plan_resources(laptop, {"CPU": 2.0}, autoscaler_capacity(REPO / "no-such-config.yaml"))
+    laptop = plan_resources(StudySettings(), {"CPU": 2.0}, autoscaler_capacity(REPO / "no-such-config.yaml"))
     assert laptop.gpus_per_trial == 0.0 and laptop.max_concurrent == 2
-    grown = StudySettings(gpus_per_trial=0.25)  # all 8 GPU nodes up: still 32 trials at once, not 64
-    plan_resources(grown, {"CPU": 32.0, "GPU": 8.0, "on_demand": 32.0}, capacity)
-    assert grown.max_concurrent == 32
+    grown = plan_resources(StudySettings(gpus_per_trial=0.25), {"CPU": 32.0, "GPU": 8.0, "on_demand": 32.0}, capacity)
+    assert grown.max_concurrent == 32  # all 8 GPU nodes up: still 32 trials at once, not 64
 
 
 # ---------------------------------------------------------------- a local S3 server
@@ -108,7 +103,7 @@ def s3_storage(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def test_object_storage_helpers_round_trip(s3_storage: str, tmp_path: Path) -> None:
-    from study import storage
+    from foundation import storage
 
     folder = storage.join(s3_storage, "helpers")
     (tmp_path / "up" / "sub").mkdir(parents=True)
@@ -127,12 +122,14 @@ def test_a_study_on_object_storage_hands_over_its_encoder_and_writes_everything_
         s3_storage: str, ray_cluster: str, toy_root: Path, cache_dir: Path, tmp_path: Path, capsys) -> None:
     """Pretraining stage -> encoder on S3 -> fine-tune trial downloads it; study.json, summary.csv, the
     report and every checkpoint land in the bucket; nothing needs a shared local folder."""
+    from foundation import storage
     from segmodels import build_model, save_encoder
-    from study import run, storage
+    from study import run
 
     fcn_encoder = save_encoder(build_model("fcn_resnet50", 19), tmp_path / "fcn.pt")  # only SegFormer pretrains here
     args = ["--preset", "demo", "--data-root", str(toy_root), "--storage", s3_storage, "--name", "remote",
-            "--num-samples", "2", "--epochs", "2", "--cache-dir", str(cache_dir), "--pretrained-fcn", str(fcn_encoder)]
+            "--num-samples", "2", *first_points(tmp_path, 2), "--epochs", "2", "--cache-dir", str(cache_dir),
+            "--pretrained-fcn", str(fcn_encoder)]
     assert run.main(args) == 0  # the CLI, which writes the report after the study
     experiment = storage.join(s3_storage, "remote")
     files = storage.list_files(experiment)
@@ -171,7 +168,7 @@ def test_a_study_on_object_storage_hands_over_its_encoder_and_writes_everything_
 
 def test_report_from_object_storage_needs_an_out_folder_and_a_study(s3_storage: str, capsys) -> None:
     from analysis import report
-    from study import storage
+    from foundation import storage
 
     assert main_guard("analysis.report", report.main, ["--experiment", storage.join(s3_storage, "none")]) == 2
     assert "nothing stored there" in capsys.readouterr().err

@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from segmodels.files import atomic_torch_save
+from foundation.errors import ConfigError
+from foundation.files import atomic_torch_save
 from study.config import TrainConfig
 from study.data import SegDataset
 from study.data.stream import DATA_FRACTION, ResidentSplit, StreamedSplit, choose_placement, fits_on_device
-from study.errors import ConfigError
 from study.loop import evaluate, train
 
 
@@ -53,19 +53,33 @@ class TinyNet(nn.Module):
         return self.conv(x)
 
 
-def test_streamed_training_equals_resident_training(tmp_path: Path) -> None:
-    """Same seeded permutation and flips either way: the same loss curves and the same weights, 2 epochs."""
-    train_images, train_masks = tiny_split(21, seed=2)
-    val_images, val_masks = tiny_split(9, seed=3)
-    names = ("a", "b", "c")
+@pytest.mark.parametrize("recipe", ["report", "standard"])
+def test_streamed_training_equals_resident_training(recipe: str, tmp_path: Path) -> None:
+    """Same seeded permutation, flips and augmentation either way: the same loss curves and the same weights, 2
+    epochs. The standard recipe's path: padded images with their valid extents, rescaled, cropped, flipped and
+    distorted on the device, a poly schedule with warmup, validated against original-size labels."""
+    from study.data import OriginalLabels
+
+    standard = recipe == "standard"
+    train_images, train_masks = tiny_split(13, seed=4, size=12) if standard else tiny_split(21, seed=2)
+    val_images, val_masks = tiny_split(5, seed=5) if standard else tiny_split(9, seed=3)
+    extra: dict = {"train": {}, "val": {}, "cfg": {}}
+    if standard:
+        labels = [torch.randint(0, 3, (9 + k, 11 - k), generator=torch.Generator().manual_seed(k),
+                                dtype=torch.uint8) for k in range(5)]
+        extra = {"train": {"valid": torch.tensor([[12 - k % 5, 12 - k % 3] for k in range(13)])},
+                 "val": {"originals": OriginalLabels(torch.cat([t.reshape(-1) for t in labels]),
+                                                     torch.tensor([t.shape for t in labels]))},
+                 "cfg": {"base_size": (12, 10), "photometric": True, "cat_max_ratio": 0.75, "schedule": "poly",
+                         "warmup": 0.2, "eval_at": "original"}}
 
     def run(placement: str, images: torch.Tensor, masks: torch.Tensor) -> tuple[list[dict], dict]:
         cfg = TrainConfig(model="fcn_resnet50", epochs=2, batch_size=4, image_size=8, val_every=1, device="cpu",
-                          precision="fp32", lr=1e-2, data_placement=placement)
+                          precision="fp32", lr=1e-2, data_placement=placement, **extra["cfg"])
         torch.manual_seed(0)
         model = TinyNet()
-        train_set = SegDataset("pets", "train", images, masks, [], names)
-        val_set = SegDataset("pets", "val", val_images, val_masks, [], names)
+        train_set = SegDataset("pets", "train", images, masks, [], ("a", "b", "c"), **extra["train"])
+        val_set = SegDataset("pets", "val", val_images, val_masks, [], ("a", "b", "c"), **extra["val"])
         result = train(cfg, train_set, val_set, model)
         return result.rows, model.state_dict()
 
@@ -74,6 +88,8 @@ def test_streamed_training_equals_resident_training(tmp_path: Path) -> None:
     keys = ("epoch", "train_loss", "train_miou", "val_loss", "val_miou", "lr")
     assert [[row[k] for k in keys] for row in streamed_rows] == [[row[k] for k in keys] for row in resident_rows]
     assert resident_rows[0]["train_loss"] != resident_rows[1]["train_loss"]  # it trained
+    if standard:
+        assert resident_rows[0]["lr"] != resident_rows[1]["lr"]  # stepped per iteration
     assert all(torch.equal(resident_state[k], streamed_state[k]) for k in resident_state)
 
 

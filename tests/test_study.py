@@ -16,8 +16,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import first_points
 
-from search_spaces import load_preset
+from study.space import load_preset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,7 +32,8 @@ def test_report_space_is_the_reports_seven_configurations() -> None:
         ("segformer", "finetune", 1e-3, 0.98), ("segformer", "finetune", 5e-4, 0.98),
         ("segformer", "freeze", 1e-3, 0.98),
     ])
-    assert (preset["epochs"], preset["batch_size"], preset["image_size"], preset["scheduler"]) == (30, 64, "64", "fifo")
+    assert (preset["epochs"], preset["batch_size"], preset["image_size"]) == (30, 64, (64, 64))
+    assert preset["scheduler"] == "fifo"
     search = load_preset("search")["space"]
     assert search["lr"] == ("loguniform", 1e-4, 3e-3) and search["gamma"] == ("uniform", 0.90, 0.999)
 
@@ -140,7 +142,8 @@ def test_resume_after_the_driver_is_killed(ray_cluster: str, small_toy_root: Pat
 
     encoders = {m: str(save_encoder(build_model(m, 19), tmp_path / f"{m}.pt")) for m in ("segformer", "fcn_resnet50")}
     args = ["-m", "study.run", "--preset", "demo", "--data-root", str(small_toy_root), "--storage",
-            str(tmp_path / "st"), "--name", "killed", "--num-samples", "2", "--epochs", "4", "--no-report",
+            str(tmp_path / "st"), "--name", "killed", "--num-samples", "2", *first_points(tmp_path, 2),
+            "--epochs", "4", "--no-report",
             "--cache-dir", str(cache_dir), "--pretrained-segformer", encoders["segformer"], "--pretrained-fcn",
             encoders["fcn_resnet50"], "--trial-runner", "train"]
     env = {**os.environ, "RAY_ADDRESS": ray_cluster}
@@ -180,9 +183,10 @@ def test_resume_after_the_driver_is_killed(ray_cluster: str, small_toy_root: Pat
     import optuna
 
     trials = optuna.load_study(study_name="killed", storage=f"sqlite:///{experiment / 'optuna.db'}").get_trials()
-    complete = [t.user_attrs["tune_trial_id"] for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)  # PRUNED: stopped by ASHA
+    complete = [t.user_attrs["tune_trial_id"] for t in trials if t.state in ended]
     assert sorted(complete) == sorted(pd.read_csv(experiment / "summary.csv", dtype={"trial_id": str})["trial_id"])
-    assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL) for t in trials)
+    assert all(t.state in (*ended, optuna.trial.TrialState.FAIL) for t in trials)
 
 
 def _trial_checkpoint_mtime(experiment: Path, trial_folder: str) -> int:

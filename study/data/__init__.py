@@ -7,6 +7,10 @@ the train loop moves a split to its device once and cuts batches there, or, when
 trial's share of GPU memory, streams it batch by batch (``study.data.stream``); flips and normalisation
 happen on the device (``study.data.transforms``). Indexing gives one normalised ``(image, mask)`` pair,
 for use with a ``DataLoader``.
+
+With a base scale (``base_size``) the images keep their aspect ratio, padded to one size per split, and
+``.valid`` (N, 2) gives each one's (height, width); with ``originals`` the labels are also kept at their own
+resolution, ``.originals`` (``study.data.cache.OriginalLabels``), for evaluation at the original resolution.
 """
 
 from __future__ import annotations
@@ -16,19 +20,20 @@ from pathlib import Path
 import torch
 
 from study.config import parse_image_size
-from study.data.cache import load_or_build
+from study.data.cache import DEFAULT_LAYOUT, Layout, OriginalLabels, load_or_build
 from study.data.formats import DEFAULT_LABELS, Labels, open_source
 from study.data.sources import IGNORE_INDEX
 from study.data.transforms import normalize
 
-__all__ = ["Labels", "SegDataset", "build_dataset"]
+__all__ = ["Labels", "Layout", "OriginalLabels", "SegDataset", "build_dataset"]
 
 
 class SegDataset(torch.utils.data.Dataset):
     """A decoded, resized split held as uint8 tensors."""
 
     def __init__(self, name: str, split: str, images: torch.Tensor, masks: torch.Tensor, files: list[str],
-                 class_names: tuple[str, ...], class_pixels: torch.Tensor | None = None) -> None:
+                 class_names: tuple[str, ...], class_pixels: torch.Tensor | None = None,
+                 valid: torch.Tensor | None = None, originals: OriginalLabels | None = None) -> None:
         self.name = name
         self.split = split
         self.images = images
@@ -38,6 +43,8 @@ class SegDataset(torch.utils.data.Dataset):
         self.num_classes = len(self.class_names)
         self.ignore_index = IGNORE_INDEX
         self._class_pixels = class_pixels
+        self.valid = valid  # (N, 2) each padded image's (height, width); None: all of every image
+        self.originals = originals  # the labels at their original sizes; None: not kept
 
     @property
     def class_pixels(self) -> torch.Tensor:
@@ -56,10 +63,12 @@ class SegDataset(torch.utils.data.Dataset):
 
 def build_dataset(name: str, split: str, root: str | Path, image_size: int | str | tuple[int, int] = 64,
                   cache_dir: str | Path | None = None, download: bool = False,
-                  labels: Labels = DEFAULT_LABELS) -> SegDataset:
-    """Open ``name``'s ``split`` under ``root`` with the task's ``labels``, decoded via the on-disk cache."""
+                  labels: Labels = DEFAULT_LABELS, layout: Layout = DEFAULT_LAYOUT) -> SegDataset:
+    """Open ``name``'s ``split`` under ``root`` with the task's ``labels``, decoded via the on-disk cache and
+    stored as ``layout`` says (``study.data.cache.Layout``; the default: resized to ``image_size``)."""
     size = parse_image_size(image_size)
     source = open_source(name, split, root, download=download, labels=labels)
-    data = load_or_build(source, size, cache_dir)
+    data = load_or_build(source, size, cache_dir, layout)
+    originals = OriginalLabels(data["labels"], data["label_sizes"]) if "labels" in data else None
     return SegDataset(name, split, data["images"], data["masks"], data["files"], source.class_names,
-                      data.get("class_pixels"))
+                      data.get("class_pixels"), data.get("valid"), originals)

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from foundation.errors import ConfigError
 from study.cli import OneLineParser, exit_cli
 from study.config import SPLITS
 from study.data.formats import FORMATS, ID2LABEL_FILE, open_source
-from study.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from foundation.errors import DataError
 from study.data.sources import Source, class_indices, seeded_split
-from study.errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 MASK_SUFFIX = ".png"

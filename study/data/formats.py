@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from foundation.errors import ConfigError, DataError
 from study.config import DATASETS, SPLITS
 from study.data.folders import ADE20K_CLASSES, ADE20K_FOLDER, ade20k_source, folder_source
 from study.data.sources import (
@@ -28,7 +29,6 @@ from study.data.sources import (
     pets_source,
     voc_source,
 )
-from study.errors import ConfigError, DataError
 
 ID2LABEL_FILE = "id2label.json"
 

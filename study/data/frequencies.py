@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from study.errors import ConfigError
+from foundation.errors import ConfigError
 
 
 def class_weights(spec: str | list[float], class_pixels: torch.Tensor) -> torch.Tensor | None:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torchvision.datasets import Cityscapes, OxfordIIITPet, VOCSegmentation
 
-from study.errors import DataError
+from foundation.errors import DataError
 
 log = logging.getLogger(__name__)
 

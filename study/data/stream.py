@@ -10,6 +10,9 @@ Two placements with one interface, ``batches(order, batch_size)`` (and ``batch(i
   it all into page-locked RAM) and copied to the device with ``non_blocking=True`` on a side CUDA stream,
   by one background thread that prepares batch k+1 while the training step of batch k runs.
 
+Either may carry host-side extras (``attach``): each padded image's ``valid`` extent and the split's labels at
+their original sizes (``originals``), which stay in host memory (memory-mapped) and are read image by image.
+
 Both return exactly the uint8 values of the same indices, so the seeded permutation and flips (which stay
 on the device, in ``study.loop``) give the same training either way.
 
@@ -46,6 +49,8 @@ class ResidentSplit:
     """A split whose uint8 tensors sit on ``device`` (moved once); batches are cut there."""
 
     placement = "device"
+    valid: torch.Tensor | None = None  # (N, 2) on the host: ``attach``
+    originals: object | None = None
 
     def __init__(self, images: torch.Tensor, masks: torch.Tensor, device: torch.device | str | None = None) -> None:
         device = torch.device(device) if device is not None else images.device
@@ -71,6 +76,8 @@ class StreamedSplit:
     """A split kept in host memory (e.g. memory-mapped); each batch is copied to ``device`` one step ahead."""
 
     placement = "host"
+    valid: torch.Tensor | None = None  # (N, 2) on the host: ``attach``
+    originals: object | None = None
 
     def __init__(self, images: torch.Tensor, masks: torch.Tensor, device: torch.device | str) -> None:
         self.images, self.masks = images.cpu(), masks.cpu()
@@ -160,6 +167,13 @@ def as_split(images: torch.Tensor | Split, masks: torch.Tensor | None = None) ->
     return ResidentSplit(images, masks)
 
 
+def attach(split: Split, valid: torch.Tensor | None = None, originals: object | None = None) -> Split:
+    """``split`` carrying each padded image's ``valid`` (N, 2) extent and the labels at their original sizes
+    (``study.data.cache.OriginalLabels``), both kept on the host: ``study.loop`` reads them (None: none)."""
+    split.valid, split.originals = (valid.cpu() if valid is not None else None), originals
+    return split
+
+
 def split_bytes(*tensors: torch.Tensor) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
@@ -180,8 +194,9 @@ def fits_on_device(nbytes: int, device: torch.device, share: float = 1.0,
 
 
 def training_reserve(cfg: TrainConfig, num_classes: int) -> int | None:
-    """The trial's estimated peak training memory (``study.gpu_memory``), or None where it cannot be estimated."""
-    from study.gpu_memory import estimate_peak_bytes, training_memory
+    """The trial's estimated peak training memory (``study.gpu_memory``, with the augmentation's temporaries when
+    the recipe has a base scale), or None where it cannot be estimated."""
+    from study.gpu_memory import augment_bytes, estimate_peak_bytes, training_memory
 
     try:
         parameters, activations = training_memory(cfg.model, cfg.variant, num_classes, *cfg.image_size)
@@ -189,7 +204,8 @@ def training_reserve(cfg: TrainConfig, num_classes: int) -> int | None:
         log.warning("no training memory estimate for %s (%s); data may use %.0f%% of the GPU's room",
                     cfg.model, exc, 100 * DATA_FRACTION)
         return None
-    return estimate_peak_bytes(parameters, activations, cfg.batch_size)
+    augmenting = augment_bytes(cfg.batch_size, tuple(cfg.image_size), max(cfg.base_size)) if cfg.base_size else 0
+    return estimate_peak_bytes(parameters, activations, cfg.batch_size) + augmenting
 
 
 def choose_placement(requested: str, nbytes: int, device: torch.device, share: float = 1.0,

@@ -15,10 +15,10 @@ import time
 import pandas as pd
 import ray
 
-from study import storage
+from foundation import storage
+from foundation.errors import StudyInterrupted
+from foundation.io import csv_text, json_text
 from study.config import parse_image_size
-from study.errors import StudyInterrupted
-from study.io import csv_text, json_text
 from study.layout import CLASS_FREQUENCIES_FILE, SEARCH_SUMMARY_FILE, STUDY_FILE, SUMMARY_FILE
 from study.orchestrate.cluster import (
     DRIVER_RESOURCE,
@@ -36,7 +36,7 @@ from study.orchestrate.stops import expected_trials
 from study.orchestrate.tuner import run_tune
 from study.orchestrate.wandb_key import withhold_key
 from study.preflight import preflight
-from study.settings import CONFIRM_SEED_OFFSET, StudySettings
+from study.settings import CONFIRM_SEED_OFFSET, ResourcePlan, StudySettings
 from study.summary import (
     SUMMARY_COLUMNS,
     add_cost,
@@ -51,7 +51,9 @@ __all__ = ["DRIVER_RESOURCE", "autoscaler_capacity", "driver_request", "plan_res
 log = logging.getLogger(__name__)
 
 
-def run_study(settings: StudySettings) -> pd.DataFrame:
+def run_study(settings: StudySettings, native_stderr_log: str | None = None) -> pd.DataFrame:
+    """Run ``settings`` as a study; ``native_stderr_log``: where the CLI sent native (C++) stderr, copied into
+    the experiment's ``logs/`` at the end."""
     started = time.monotonic()
     class_frequencies = preflight(settings)
     height, width = parse_image_size(settings.image_size)
@@ -62,26 +64,26 @@ def run_study(settings: StudySettings) -> pd.DataFrame:
     try:
         where = f"dashboard {dashboard_url()}" if dashboard_url() else "no dashboard"
         say(f"Ray {started_here or 'joined'} ({where}); trials run with the {settings.runner} runner")
-        check_cluster_resources(settings, announce=say)
-        record_settings(settings)
+        plan = check_cluster_resources(settings, announce=say)
+        record_settings(settings, plan)
         storage.write_bytes(storage.join(settings.experiment_dir, CLASS_FREQUENCIES_FILE),
                             csv_text(class_frequencies, list(class_frequencies[0])).encode())
         recorded = True  # from here on the experiment folder exists: Ray's logs go there too
-        pretrained = pretrain_encoders(settings, announce=say)
+        pretrained = pretrain_encoders(settings, plan, announce=say)
         trials = expected_trials(settings)
         seeds = f" ({len(settings.points)} configurations x {settings.repeats} seeds)" if settings.repeats > 1 else ""
         say(f"trials: {trials}{seeds} ({settings.searcher}, {settings.scheduler}), up to "
-            f"{settings.max_concurrent} at once")
+            f"{plan.max_concurrent} at once")
         try:
-            run_tune(settings, pretrained, TrialTable(settings))
+            run_tune(settings, plan, pretrained, TrialTable(settings))
             if settings.confirm_top:
-                run_confirm_stage(settings, pretrained)
+                run_confirm_stage(settings, plan, pretrained)
         except StudyInterrupted:
             write_summary(settings)  # the trials as they are at the stop, the unfinished ones "interrupted"
             raise
         summary = write_summary(settings)
     finally:
-        logs = copy_worker_logs(settings.experiment_dir, settings.native_stderr_log) if recorded else None
+        logs = copy_worker_logs(settings.experiment_dir, native_stderr_log) if recorded else None
         if started_here:
             ray.shutdown()  # stops a local Ray we started; only disconnects from a cluster
     print_summary(settings, summary)
@@ -91,30 +93,33 @@ def run_study(settings: StudySettings) -> pd.DataFrame:
     return summary
 
 
-def record_settings(settings: StudySettings) -> None:
-    """Write STORAGE/NAME/study.json once (kept on resume): what the analysis needs to read the study."""
+def record_settings(settings: StudySettings, plan: ResourcePlan) -> None:
+    """Write STORAGE/NAME/study.json once (kept on resume): what the analysis needs to read the study, with the
+    resources it was planned with."""
     target = storage.join(settings.experiment_dir, STUDY_FILE)
     if not storage.exists(target):
+        per_trial = ("model", "init", "pretrained", "device", "device_memory_share")  # each trial's own
         data = {k: v for k, v in dataclasses.asdict(settings).items()
-                if k not in ("resume", "verbose", "native_stderr_log")}
+                if k not in ("resume", "verbose", *per_trial)}
+        data.update({k: v for k, v in dataclasses.asdict(plan).items() if k in data or k == "gpus_per_model"})
         if settings.confirm_top:  # the rule, and the seeds it gives (StudySettings.confirm_stage)
             data["confirm_seed_rule"] = f"seed + {CONFIRM_SEED_OFFSET} + k, k = 0 .. repeats - 1"
             data["confirm_seeds"] = settings.confirm_stage([]).seeds()
         storage.write_bytes(target, json_text(data).encode())
 
 
-def run_confirm_stage(settings: StudySettings, pretrained: dict[str, str]) -> None:
+def run_confirm_stage(settings: StudySettings, plan: ResourcePlan, pretrained: dict[str, str]) -> None:
     """Rerun the search's ``--confirm-top`` best configurations with every seed, to the full epochs (no ASHA),
     as the Tune experiment ``confirm/``; ``--resume`` restores it like the search."""
     search = write_summary(settings, trials_from=settings.experiment_dir, file=SEARCH_SUMMARY_FILE)
-    points = top_configurations(search, settings.confirm_top)
+    points = top_configurations(search, settings.confirm_top, settings.objectives)
     if not points:
         say("confirm: no search trial finished with a score; nothing to confirm")
         return
     confirm = settings.confirm_stage(points)
     say(f"confirm: the {len(points)} best configurations x {settings.repeats} seeds = {len(confirm.grid_points())} "
         f"trials, {settings.epochs} epochs each, no early stopping")
-    run_tune(confirm, pretrained, TrialTable(confirm))
+    run_tune(confirm, plan, pretrained, TrialTable(confirm))
 
 
 def write_summary(settings: StudySettings, trials_from: str | None = None, file: str = SUMMARY_FILE) -> pd.DataFrame:

@@ -17,10 +17,10 @@ import ray
 import torch
 import yaml
 
-from study import storage
-from study.errors import ConfigError
+from foundation import storage
+from foundation.errors import ConfigError
 from study.layout import LOGS
-from study.settings import StudySettings
+from study.settings import ResourcePlan, StudySettings
 
 log = logging.getLogger(__name__)
 
@@ -199,47 +199,51 @@ def may_preempt(config_path: str | Path | None = None) -> bool:
     return False
 
 
-def check_cluster_resources(settings: StudySettings, announce: Any = log.info) -> None:
-    """Default and bound --gpus-per-trial by what the cluster has, or may grow to under the autoscaler."""
+def check_cluster_resources(settings: StudySettings, announce: Any = log.info) -> ResourcePlan:
+    """The study's resource plan: --gpus-per-trial defaulted and bounded by what the cluster has, or may grow to
+    under the autoscaler."""
     config = autoscaler_config_path(settings)
     present, capacity = ray.cluster_resources(), autoscaler_capacity(config) if config else {}
     if capacity.get("GPU", 0) > present.get("GPU", 0):
         announce(f"cluster: {present.get('GPU', 0):g} GPUs now; the autoscaler may grow it to "
                  f"{capacity['GPU']:g} GPUs as trials ask for them ({config})")
-    plan_resources(settings, present, capacity)
-    if settings.pretrain_workers is None:
-        settings.pretrain_workers = max(1, gpus_per_node(config)) if settings.gpus_per_trial else 1
+    return plan_resources(settings, present, capacity, config)
 
 
-# Measured on an H200 (benchmarks/results/gpu-h200*.json): 4 SegFormer-B0 trials sharing one GPU train 3.69x
-# as many images per second as one alone, each at 85-95 % of its solo speed (8 trials: 4.33x, each at 54 %).
+# One-worker trials share a GPU four at a time by default: docs/performance.md has the measurements.
 SINGLE_WORKER_GPU_SHARE = 0.25
 
 
-def plan_resources(settings: StudySettings, present: dict[str, float], capacity: dict[str, float]) -> None:
-    """Fill in --gpus-per-trial and --max-concurrent; refuse what the cluster can never give."""
+def plan_resources(settings: StudySettings, present: dict[str, float], capacity: dict[str, float],
+                   config: str | None = None) -> ResourcePlan:
+    """GPUs per trial and trials at once for ``settings`` on a cluster of ``present`` resources that may grow to
+    ``capacity``; refuse what the cluster can never give."""
     gpus = max(present.get("GPU", 0), capacity.get("GPU", 0))
     cpus = max(present.get("CPU", 0), capacity.get("CPU", 0))
-    if settings.gpus_per_trial is None:
+    per_trial, per_model = settings.gpus_per_trial, {}
+    if per_trial is None:
         # One-worker trials share a GPU; a DDP trial takes one whole GPU per worker.
         per_trial = SINGLE_WORKER_GPU_SHARE if settings.workers_per_trial == 1 else float(settings.workers_per_trial)
-        settings.gpus_per_trial = per_trial if gpus else 0.0
+        per_trial = per_trial if gpus else 0.0
         if gpus and settings.workers_per_trial == 1 and torch.cuda.is_available():  # sized per model instead
-            settings.gpus_per_model = settings.gpu_shares(torch.cuda.get_device_properties(0).total_memory)
-            settings.gpus_per_trial = min(settings.gpus_per_model.values(), default=per_trial)
-            log.info("GPU share per trial, from each model's estimated peak memory: %s", settings.gpus_per_model)
-    if settings.gpus_per_trial > gpus:
-        raise ConfigError(f"--gpus-per-trial: {settings.gpus_per_trial} is more than the cluster has ({gpus:g} GPUs)")
+            per_model = settings.gpu_shares(torch.cuda.get_device_properties(0).total_memory)
+            per_trial = min(per_model.values(), default=per_trial)
+            log.info("GPU share per trial, from each model's estimated peak memory: %s", per_model)
+    if per_trial > gpus:
+        raise ConfigError(f"--gpus-per-trial: {per_trial:g} is more than the cluster has ({gpus:g} GPUs)")
     if settings.cpus_per_trial > cpus:
         raise ConfigError(f"--cpus-per-trial: {settings.cpus_per_trial:g} is more than the cluster has ({cpus:g} CPUs)")
-    if not settings.max_concurrent:
+    concurrent = settings.max_concurrent
+    if not concurrent:
         # Trial drivers ask for no CPU, so Tune alone would start every trial at once and leave most of them
         # waiting (each a Python process with torch loaded). Run only as many as the cluster can train.
-        fits = [cpus // settings.cpus_per_trial]
-        if settings.gpus_per_trial:
-            fits.append(gpus // settings.gpus_per_trial)
-        settings.max_concurrent = max(1, int(min(fits)))
-        log.info("running up to %d trials at once (set --max-concurrent to change)", settings.max_concurrent)
+        fits = [cpus // settings.cpus_per_trial, *([gpus // per_trial] if per_trial else [])]
+        concurrent = max(1, int(min(fits)))
+        log.info("running up to %d trials at once (set --max-concurrent to change)", concurrent)
+    pretrain_workers = settings.pretrain_workers or (max(1, gpus_per_node(config)) if per_trial else 1)
+    return ResourcePlan(cpus_per_trial=settings.cpus_per_trial, gpus_per_trial=per_trial,
+                        workers_per_trial=settings.workers_per_trial, max_concurrent=concurrent,
+                        pretrain_workers=pretrain_workers, gpus_per_model=per_model)
 
 
 def driver_request() -> dict[str, Any]:

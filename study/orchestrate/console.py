@@ -17,14 +17,13 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from study import storage
-from study.fates import COMPLETED, ERROR, STOPPED_BY_ASHA, fate_of
+from foundation import storage
+from study.fates import COMPLETED, ERROR, INFEASIBLE, STOPPED_BY_ASHA, fate_of
 from study.layout import SUMMARY_FILE, error_file, trial_dir, tune_results
+from study.options import show
 from study.orchestrate.stops import staging_dir
 from study.settings import StudySettings
 from study.summary import trial_error
-
-COLUMNS = ("trial", "model", "init", "lr", "gamma", "status", "epoch", "val mIoU", "best")
 
 
 def console() -> Console:
@@ -53,7 +52,7 @@ class TrialTable(tune.Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         row = self.rows.setdefault(trial.trial_id, {"epoch": 0, "val_miou": None, "best": None})
-        row.update({k: trial.config.get(k) for k in ("model", "init", "lr", "gamma")}, status="running")
+        row.update({k: trial.config.get(k) for k in self.settings.searched_keys()}, status="running")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         row = self.rows.setdefault(trial.trial_id, {"best": None})
@@ -73,7 +72,12 @@ class TrialTable(tune.Callback):
         which storage receives at Tune's next sync), restored results included."""
         row = self.rows.setdefault(trial.trial_id, {"epoch": 0, "best": None})
         staging, experiment = staging_dir(trial), self.settings.experiment_dir
-        fate = fate_of(trial.trial_id, staging, experiment).get("fate", "")
+        record = fate_of(trial.trial_id, staging, experiment)
+        fate = record.get("fate", "")
+        if fate == INFEASIBLE:
+            row["status"] = "infeasible"
+            self.announce(f"trial {trial.trial_id} infeasible, not trained: {record.get('detail', '')}")
+            return
         if fate == ERROR:
             error = trial_error(experiment, trial.trial_id) or trial_error(staging, trial.trial_id)
             row["status"] = "error"
@@ -113,13 +117,14 @@ class TrialTable(tune.Callback):
             say(text)
 
     def cells(self, trial_id: str, row: dict[str, Any]) -> list[str]:
-        return [trial_id, str(row.get("model", "")), str(row.get("init", "")), _fmt(row.get("lr"), ".2e"),
-                _fmt(row.get("gamma"), ".4f"), row.get("status", "pending"),
+        return [trial_id, *(show(StudySettings, key, row.get(key)) for key in self.settings.searched_keys()),
+                row.get("status", "pending"),
                 f"{row.get('epoch', 0)}/{self.settings.epochs}", _fmt(row.get("val_miou"), ".4f"),
                 _fmt(row.get("best"), ".4f")]
 
     def render(self) -> Table:
-        table = Table(*COLUMNS, title=f"segstudy {self.settings.name}: trials", title_justify="left")
+        columns = ("trial", *self.settings.searched_keys(), "status", "epoch", "val mIoU", "best")
+        table = Table(*columns, title=f"segstudy {self.settings.name}: trials", title_justify="left")
         for trial_id, row in self.rows.items():
             table.add_row(*self.cells(trial_id, row))
         return table
@@ -138,10 +143,11 @@ def _fmt(value: Any, spec: str) -> str:
 
 def print_summary(settings: StudySettings, summary: pd.DataFrame) -> None:
     table = Table(title=f"segstudy {settings.name}: trials ranked by best val mIoU", title_justify="left")
-    for column in ("rank", "trial", "model", "init", "lr", "gamma", "seed", "epochs", "best val mIoU", "stopped early"):
+    keys = settings.searched_keys()
+    for column in ("rank", "trial", *keys, "seed", "epochs", "best val mIoU", "stopped early"):
         table.add_column(column, justify="right" if column not in ("trial", "model", "init") else "left")
     for rank, row in enumerate(summary.itertuples(), start=1):
-        table.add_row(str(rank), str(row.trial_id), str(row.model), str(row.init), f"{row.lr:.2e}", f"{row.gamma:.4f}",
+        table.add_row(str(rank), str(row.trial_id), *(show(StudySettings, k, getattr(row, k, None)) for k in keys),
                       str(row.seed), f"{row.epochs}/{settings.epochs}", f"{row.best_val_miou:.4f}",
                       "yes" if row.stopped_early else (row.status if row.status != "done" else "no"))
     console().print(table)

@@ -5,11 +5,15 @@ Tune's TensorBoard event files stepped by epoch.
 afterwards:
 - the search, as the Optuna study ``NAME``: Ray's ``OptunaSearch`` on an SQLite RDB storage
   (``StoredOptunaSearch``). Each Tune trial is one Optuna trial (user attribute ``tune_trial_id``), with its val
-  mIoU at each validation as intermediate values (step: the epoch) and, once it ends, the value Ray tells Optuna:
-  the val mIoU of its **last** result, not its best (an ASHA-stopped trial: at the epoch ASHA stopped it; the
-  best is the user attribute ``best_val_miou``). An errored trial is ``FAIL``.
+  mIoU at each validation as intermediate values (step: the epoch; with several objectives, which Optuna keeps no
+  intermediate values for, the user attribute ``val_miou_curve``). Once it ends it is told what happened
+  (``told_state``): ``COMPLETE`` only when it ran all its epochs, with the value(s) of its **last** result, not
+  its best (the best is the user attribute ``best_val_miou``); ``PRUNED`` when ASHA stopped it (its value: the
+  last intermediate value) or it was refused before training as ``infeasible``; ``FAIL`` when it errored. Ray's
+  own ``OptunaSearch`` tells every stopped trial ``COMPLETE``. Constraint values (``study.constraints``) are set
+  with ``Trial.set_constraint``, and the measured cost is kept as user attributes.
 - a grid (a search's confirm stage as the study ``NAME-confirm``; the report preset's grid as ``NAME``): each
-  ended trial added by a Tune callback (``GridRecorder``) with the same values.
+  ended trial added by a Tune callback (``GridRecorder``) by the same rule and with the same values.
 
 SQLite needs a local file. With a local ``--storage`` it is ``STORAGE/NAME/optuna.db`` itself. With object
 storage it is a copy in the cache folder (``--cache-dir``, else ``$SEGSTUDY_CACHE``, else ``~/.cache/segstudy``)
@@ -43,7 +47,16 @@ from ray.tune.logger import TBXLoggerCallback
 from ray.tune.result import TIMESTEPS_TOTAL
 from ray.tune.search.optuna import OptunaSearch
 
-from study import storage
+from foundation import storage
+from study.constraints import (
+    COST_DEVICE,
+    COUNTED,
+    INFEASIBLE_KEY,
+    MEASURED,
+    VIOLATIONS_KEY,
+    constraint_values,
+    directions,
+)
 from study.layout import CONFIRM_DIR, STUDY_FILE, tune_results
 from study.orchestrate.stops import staging_dir
 from study.settings import StudySettings
@@ -55,6 +68,8 @@ CONFIRM_SUFFIX = "-confirm"
 METRIC = "val_miou"
 TUNE_TRIAL_ID = "tune_trial_id"  # the user attribute that names an Optuna trial's Tune trial
 BEST = "best_val_miou"
+CURVE = "val_miou_curve"  # with several objectives: {epoch: val mIoU}, Optuna's intermediate values being one-objective
+CONSTRAINT_ATTR = "constraints"  # the system attribute prefix that Optuna's Trial.set_constraint writes
 _OPENED: set[str] = set()  # local copies of remote files brought up to date in this process
 
 
@@ -70,10 +85,8 @@ class OptunaDatabase:
     def local(self) -> Path:
         if not storage.is_remote(self.uri):
             return Path(self.uri)
-        from study.data.cache import default_cache_dir
-
         key = hashlib.sha256(self.uri.encode()).hexdigest()[:16]
-        return Path(self.cache_dir or default_cache_dir()) / "optuna" / key / OPTUNA_FILE
+        return Path(self.cache_dir or storage.default_cache_dir()) / "optuna" / key / OPTUNA_FILE
 
     @property
     def url(self) -> str:
@@ -115,25 +128,67 @@ def database(settings: StudySettings) -> tuple[OptunaDatabase, str]:
     return OptunaDatabase(storage.join(root, OPTUNA_FILE), settings.cache_dir), name
 
 
-def _set_metric_name(study: optuna.Study) -> None:
+def _set_metric_name(study: optuna.Study, names: list[str] | None = None) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names([METRIC])
+        study.set_metric_names(names or [METRIC])
 
 
 def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def told_state(result: dict | None, error: bool, epochs: int | None) -> TrialState:
+    """What Optuna is told a trial ended as, from what is known of it: ``FAIL`` when it errored or ended without
+    a val mIoU; ``PRUNED`` when its last result is short of its ``epochs`` (ASHA stopped it, or it ended short)
+    or it was never trained (``infeasible``: a constraint checked before training); ``COMPLETE`` only when it
+    ran all its epochs (``epochs`` None: not known, taken as complete)."""
+    result = result or {}
+    if result.get(INFEASIBLE_KEY):
+        return TrialState.PRUNED
+    if error or not _finite(result.get(METRIC)):
+        return TrialState.FAIL
+    if epochs is not None and int(result.get("epoch", 0)) < epochs:
+        return TrialState.PRUNED
+    return TrialState.COMPLETE
+
+
+def told_values(state: TrialState, result: dict | None, metrics: list[str]) -> list[float] | None:
+    """The objective values a ``COMPLETE`` trial is told (None otherwise: a pruned single-objective trial's
+    value is its last intermediate value, Optuna's own rule)."""
+    if state != TrialState.COMPLETE:
+        return None
+    values = [(result or {}).get(metric) for metric in metrics]
+    return [float(v) for v in values] if all(_finite(v) for v in values) else None
+
+
+def cost_attributes(result: dict | None) -> dict[str, Any]:
+    """The measured and counted cost in a trial's result, kept as user attributes (the dashboard shows them)."""
+    keys = (*MEASURED, *COUNTED, COST_DEVICE, VIOLATIONS_KEY)
+    return {key: result[key] for key in keys if result and key in result and result[key] is not None}
 
 
 class StoredOptunaSearch(OptunaSearch):
     """Ray's ``OptunaSearch`` with its study in ``optuna.db`` (see the module docstring): intermediate values
-    stepped by epoch, including the result ASHA stopped a trial at (Ray's own skips it), and a resume that
-    continues the file's study."""
+    stepped by epoch, including the result ASHA stopped a trial at (Ray's own skips it), each trial told what
+    really happened (``told_state``: Ray's tells every stopped trial ``COMPLETE``), its constraint values set,
+    one objective or several, and a resume that continues the file's study."""
 
-    def __init__(self, db: OptunaDatabase, study_name: str, **kwargs: Any) -> None:
+    def __init__(self, db: OptunaDatabase, study_name: str, epochs: int | None = None,
+                 constraints: dict[str, dict[str, float]] | None = None, **kwargs: Any) -> None:
         self._database = db
+        self._epochs, self._constraints = epochs, dict(constraints or {})
         self._reported: dict[str, dict[int, float]] = {}  # Tune trial id -> {epoch: val mIoU} told to Optuna
         super().__init__(study_name=study_name, **kwargs)  # the storage is opened when Tune sets the space
+
+    @property
+    def _metrics(self) -> list[str]:
+        return list(self._metric) if isinstance(self._metric, list) else [self._metric]
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        if isinstance(self._metric, list):  # several objectives: Tune's metric is the scheduler's (val mIoU)
+            metric, mode = None, None
+        return super().set_search_properties(metric, mode, config, **spec)
 
     def _setup_study(self, mode: str | list) -> None:
         self._storage = self._database.open()
@@ -148,7 +203,7 @@ class StoredOptunaSearch(OptunaSearch):
         finally:
             self._points_to_evaluate = points
         if not resumed:
-            _set_metric_name(self._ot_study)
+            _set_metric_name(self._ot_study, self._metrics)
 
     def suggest(self, trial_id: str) -> dict | None:
         new = trial_id not in self._ot_trials
@@ -158,15 +213,22 @@ class StoredOptunaSearch(OptunaSearch):
         return params
 
     def _report(self, trial_id: str, result: dict) -> None:
-        value, epoch = result.get(self.metric), result.get("epoch")
+        """One intermediate value per validation (step: the epoch). With several objectives Optuna has no
+        intermediate values (``Trial.report`` raises): the val mIoU curve is the user attribute ``CURVE``."""
+        several = len(self._metrics) > 1
+        value, epoch = result.get(METRIC if several else self._metrics[0]), result.get("epoch")
         reported = self._reported.setdefault(trial_id, {})
         if not _finite(value) or epoch is None or int(epoch) in reported:
             return
+        reported[int(epoch)] = float(value)
+        trial = self._ot_trials[trial_id]
         try:
-            self._ot_trials[trial_id].report(float(value), int(epoch))
+            if several:
+                trial.set_user_attr(CURVE, {str(k): v for k, v in sorted(reported.items())})
+            else:
+                trial.report(float(value), int(epoch))
         except (RuntimeError, ValueError) as exc:  # finished in the file already (see reconcile)
             log.debug("optuna: result of trial %s not recorded: %s", trial_id, exc)
-        reported[int(epoch)] = float(value)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._ot_trials and trial_id not in self._completed_trials:
@@ -177,15 +239,22 @@ class StoredOptunaSearch(OptunaSearch):
             return
         if result:
             self._report(trial_id, result)  # the result ASHA stopped the trial at never reached on_trial_result
-        reported = self._reported.get(trial_id)
-        if reported:
-            try:
-                self._ot_trials[trial_id].set_user_attr(BEST, max(reported.values()))
-            except RuntimeError as exc:
-                log.debug("optuna: trial %s: %s", trial_id, exc)
-        # Ray tells a trial that ended without a val mIoU (an error retrying cannot fix, runners.py) as PRUNED
-        error = error or not (result and _finite(result.get(self.metric)))
-        super().on_trial_complete(trial_id, result=result, error=error)
+        trial, reported = self._ot_trials[trial_id], self._reported.get(trial_id)
+        state = told_state(result, error, self._epochs)
+        try:
+            for key, value in {**cost_attributes(result), **({BEST: max(reported.values())} if reported else {})
+                               }.items():
+                trial.set_user_attr(key, value)
+            if state != TrialState.FAIL:  # the sampler learns from these (pruned trials too)
+                for name, value in constraint_values(self._constraints, result or {}).items():
+                    trial.set_constraint(name, value)
+            values = told_values(state, result, self._metrics)
+            if state == TrialState.COMPLETE and values is None:  # an objective missing from the last result
+                state = TrialState.FAIL
+            self._ot_study.tell(trial, values if values is None or len(values) > 1 else values[0], state=state)
+        except (RuntimeError, ValueError) as exc:  # finished in the file already (see reconcile)
+            log.warning("optuna: trial %s not told: %s", trial_id, exc)
+        self._completed_trials.add(trial_id)
 
     def save(self, checkpoint_path: str) -> None:
         """Ray's save pickles the Optuna study and trials, whose RDB storage connects to its file when unpickled (at
@@ -257,12 +326,18 @@ def grid_distributions(points: list[dict[str, Any]]) -> dict[str, BaseDistributi
 
 class GridRecorder(StudyMirror):
     """Records each ended trial of a grid (the confirm stage, the report's grid) in ``optuna.db`` as a finished
-    Optuna trial: the val mIoU of its last result as its value, every validation as an intermediate value."""
+    Optuna trial, by the searcher's rule (``told_state``): ``COMPLETE`` with its objective values (the val mIoU
+    of its last result) when it ran all its epochs, ``PRUNED`` when it ended short or was infeasible, ``FAIL``
+    when it errored; every validation as an intermediate value (several objectives: the user attribute
+    ``CURVE``), its constraint values and its cost."""
 
-    def __init__(self, db: OptunaDatabase, study_name: str, points: list[dict[str, Any]], experiment_dir: str) -> None:
+    def __init__(self, db: OptunaDatabase, study_name: str, points: list[dict[str, Any]], experiment_dir: str,
+                 epochs: int | None = None, objectives: dict[str, str] | None = None,
+                 constraints: dict[str, dict[str, float]] | None = None) -> None:
         super().__init__(db)
         self.study_name, self.distributions = study_name, grid_distributions(points)
-        self.experiment_dir = experiment_dir
+        self.experiment_dir, self.epochs = experiment_dir, epochs
+        self.objectives, self.constraints = dict(objectives or {METRIC: "max"}), dict(constraints or {})
         self.study: optuna.Study | None = None
         self.recorded: set[str] = set()
 
@@ -270,10 +345,11 @@ class GridRecorder(StudyMirror):
         return {**self.__dict__, "study": None, "recorded": set()}
 
     def setup(self, **info: Any) -> None:
-        self.study = optuna.create_study(storage=self.db.open(), study_name=self.study_name, direction="maximize",
+        directions = ["minimize" if mode == "min" else "maximize" for mode in self.objectives.values()]
+        self.study = optuna.create_study(storage=self.db.open(), study_name=self.study_name, directions=directions,
                                          load_if_exists=True)
         self.recorded = {t.user_attrs.get(TUNE_TRIAL_ID) for t in self.study.get_trials(deepcopy=False)}
-        _set_metric_name(self.study)
+        _set_metric_name(self.study, list(self.objectives))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
         self.record(trial)
@@ -293,14 +369,23 @@ class GridRecorder(StudyMirror):
         if self.study is None or trial.trial_id in self.recorded:
             return
         curve = self.curve(trial)
+        last = {**(trial.last_result or {}), **({"epoch": max(curve), METRIC: curve[max(curve)]} if curve else {})}
+        state = told_state(last, failed, self.epochs)
+        values = told_values(state, last, list(self.objectives))
+        if state == TrialState.COMPLETE and values is None:
+            state = TrialState.FAIL
+        if values is None and state == TrialState.PRUNED and len(self.objectives) == 1 and curve:
+            values = [curve[max(curve)]]  # a pruned trial's value: its last intermediate value, as Optuna's tell
+        several = len(self.objectives) > 1
         params = {k: trial.config[k] for k in self.distributions if k in trial.config}
-        state = TrialState.FAIL if failed or not curve else TrialState.COMPLETE
-        attrs = {TUNE_TRIAL_ID: trial.trial_id, **({BEST: max(curve.values())} if curve else {})}
+        attrs = {TUNE_TRIAL_ID: trial.trial_id, **({BEST: max(curve.values())} if curve else {}),
+                 **cost_attributes(last), **({CURVE: {str(k): v for k, v in curve.items()}} if several else {})}
+        constraints = constraint_values(self.constraints, last) if state != TrialState.FAIL else {}
         try:
             self.study.add_trial(optuna.trial.create_trial(
-                state=state, value=curve[max(curve)] if state == TrialState.COMPLETE else None, params=params,
-                distributions={k: self.distributions[k] for k in params}, user_attrs=attrs,
-                intermediate_values=curve))
+                state=state, values=values, params=params, distributions={k: self.distributions[k] for k in params},
+                user_attrs=attrs, intermediate_values={} if several else curve,
+                system_attrs={f"{CONSTRAINT_ATTR}:{k}": v for k, v in constraints.items()}))
         except ValueError as exc:  # a parameter outside the grid's distributions: keep the study going
             log.warning("optuna: trial %s not recorded in %s: %s", trial.trial_id, self.study_name, exc)
         self.recorded.add(trial.trial_id)
@@ -330,10 +415,16 @@ def optuna_callbacks(settings: StudySettings) -> list:
     """The callbacks that keep ``optuna.db`` and the TensorBoard files (the search's study is the searcher's)."""
     db, name = database(settings)
     if settings.searcher == "grid":
-        return [GridRecorder(db, name, settings.grid_points(), settings.experiment_dir), EpochTBXLogger()]
+        return [GridRecorder(db, name, settings.grid_points(), settings.experiment_dir, settings.epochs,
+                             settings.objectives, settings.constraints), EpochTBXLogger()]
     return [StudyMirror(db), EpochTBXLogger()]
 
 
 def optuna_search(settings: StudySettings, **kwargs: Any) -> StoredOptunaSearch:
+    """The search's searcher on ``optuna.db``: its objectives (one metric, or a list with several), the study's
+    epochs (a trial short of them is ``PRUNED``) and constraints; ``kwargs`` go to Ray's ``OptunaSearch``."""
     db, name = database(settings)
-    return StoredOptunaSearch(db, name, **kwargs)
+    metrics, modes = directions(settings.objectives)
+    kwargs.setdefault("metric", metrics if len(metrics) > 1 else metrics[0])
+    kwargs.setdefault("mode", modes if len(modes) > 1 else modes[0])
+    return StoredOptunaSearch(db, name, epochs=settings.epochs, constraints=settings.constraints, **kwargs)

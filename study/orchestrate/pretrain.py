@@ -7,28 +7,28 @@ import logging
 import tempfile
 from pathlib import Path
 
-from search_spaces.spec import PRETRAIN_TASK_KEYS
+from foundation import storage
+from foundation.errors import ConfigError
+from foundation.io import load_checkpoint
 from segmodels import build_model, save_encoder
-from study import storage
 from study.config import TrainConfig
-from study.errors import ConfigError
-from study.io import load_checkpoint
 from study.layout import model_slug, pretrained_encoder_file
 from study.orchestrate.runners import run_training
 from study.preflight import encoder_sources, models_to_pretrain
-from study.settings import StudySettings
+from study.settings import ResourcePlan, StudySettings
+from study.space import PRETRAIN_TASK_KEYS
 
 log = logging.getLogger(__name__)
 
 
-def pretrain_resources(settings: StudySettings) -> dict[str, float]:
+def pretrain_resources(plan: ResourcePlan) -> dict[str, float]:
     """``--pretrain-workers`` DDP workers, one GPU each on a GPU cluster, else CPUs."""
-    workers = settings.pretrain_workers or 1
-    gpus = float(workers) if settings.gpus_per_trial else 0.0
-    return {"workers": workers, "cpus": max(settings.cpus_per_trial, 1) * workers, "gpus": gpus}
+    workers = plan.pretrain_workers
+    gpus = float(workers) if plan.gpus_per_trial else 0.0
+    return {"workers": workers, "cpus": max(plan.cpus_per_trial, 1) * workers, "gpus": gpus}
 
 
-def pretrain_encoders(settings: StudySettings, announce=log.info) -> dict[str, str]:
+def pretrain_encoders(settings: StudySettings, plan: ResourcePlan, announce=log.info) -> dict[str, str]:
     """Encoder source per model: given, the default (FCN: torchvision's ImageNet), or pretrained here."""
     sources = dict(encoder_sources(settings))
     for model in models_to_pretrain(settings):
@@ -43,9 +43,8 @@ def pretrain_encoders(settings: StudySettings, announce=log.info) -> dict[str, s
                           model=model, init="scratch",
                           epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], gamma=p["gamma"],
                           image_size=p["image_size"], val_every=settings.val_every, seed=settings.seed,
-                          precision=settings.precision, cache_dir=settings.cache_dir,
-                          data_placement=settings.data_placement, **settings.speed_options())
-        resources = pretrain_resources(settings)
+                          cache_dir=settings.cache_dir, **settings.speed_options())
+        resources = pretrain_resources(plan)
         announce(f"pretraining: {model} on {p['dataset']}, {p['epochs']} epochs, {resources['workers']:g} worker(s)")
         best = run_training(cfg, f"pretrain-{p['dataset']}-{model_slug(model)}", settings.experiment_dir, resources)
         if best is None:

@@ -30,9 +30,11 @@ from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.train.v2.api.report_config import CheckpointUploadMode
 from ray.tune.integration.ray_train import TuneReportCallback
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from study import storage
+from foundation import storage
 from study.config import TrainConfig
+from study.constraints import VIOLATIONS_KEY
 from study.fates import ENDED, read_fate
 from study.layout import TRAIN_RUNS, best_checkpoint, checkpoints, recorded_checkpoint, train_run_name
 from study.loop import ValidationEvent, train
@@ -46,6 +48,7 @@ from study.trial import (
     trial_config,
     write_checkpoint_dir,
 )
+from study.trial_cost import infeasible_result, trial_cost
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +56,11 @@ MAX_FAILURES = 3
 KEEP_CHECKPOINTS = 2  # the two best by val mIoU; Tune and Train both keep the latest too
 
 
-def _metrics(event: ValidationEvent) -> dict[str, Any]:
-    """What every validation reports: the loop's row, and which node and process trained it."""
-    return {**event.row, "is_best": event.is_best, "node_id": ray.get_runtime_context().get_node_id(),
-            "worker_pid": os.getpid()}
+def _metrics(event: ValidationEvent, cost: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What every validation reports: the loop's row, the trial's measured cost (``study.trial_cost``: the
+    searcher's objectives and constraints read it from the last result) and which node and process trained it."""
+    return {**event.row, **(cost or {}), "is_best": event.is_best,
+            "node_id": ray.get_runtime_context().get_node_id(), "worker_pid": os.getpid()}
 
 
 def _warn_if_gpu_unusable() -> None:
@@ -90,8 +94,10 @@ def _free_device_memory() -> None:
 
 
 # ------------------------------------------------------------------ the Tune runner: one worker per trial
-def tune_trial(params: dict[str, Any], base: dict[str, Any], experiment_dir: str) -> None:
-    """Tune's function trainable: the shared loop in this process, resumed from Tune's checkpoint if any."""
+def tune_trial(params: dict[str, Any], base: dict[str, Any], experiment_dir: str,
+               constraints: dict[str, dict[str, float]] | None = None) -> None:
+    """Tune's function trainable: the trial's cost measured on its device (an infeasible configuration reports it
+    and never trains), then the shared loop in this process, resumed from Tune's checkpoint if any."""
     trial_id = ray.tune.get_context().get_trial_id()
     if _ended_already(experiment_dir, trial_id):
         return
@@ -99,6 +105,9 @@ def tune_trial(params: dict[str, Any], base: dict[str, Any], experiment_dir: str
     _warn_if_gpu_unusable()
     try:
         train_set, val_set = load_splits(cfg)
+        cost = trial_cost(cfg, train_set.num_classes)  # before the model is built and seeded
+        if _refused(trial_id, cost, constraints):
+            return
         model = build_trial_model(cfg, train_set.num_classes)
         resume, history = _resume_from(ray.tune.get_checkpoint())
         recorded = recorded_checkpoint(experiment_dir, trial_id)  # newer than Tune's after a killed driver?
@@ -106,7 +115,7 @@ def tune_trial(params: dict[str, Any], base: dict[str, Any], experiment_dir: str
             resume, history = _resume_from(ray.tune.Checkpoint(str(recorded[0])))
 
         def on_validation(event: ValidationEvent) -> None:
-            metrics = _metrics(event)
+            metrics = _metrics(event, cost)
             history.append(event.row)
             folder = write_checkpoint_dir(new_checkpoint_dir(), cfg, event, train_set.class_names, metrics, history)
             try:  # blocks until Tune decides; a stopped trial ends inside this call (SystemExit)
@@ -139,7 +148,7 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     resume, history = _resume_from(ray.train.get_checkpoint())
 
     def on_validation(event: ValidationEvent) -> None:
-        metrics = _metrics(event)
+        metrics = _metrics(event, loop_config.get("cost"))
         if rank != 0:
             ray.train.report(metrics)  # every rank reports (a barrier); only rank 0 saves
             return
@@ -155,7 +164,8 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
 
 
 def run_training(cfg: TrainConfig, run_name: str, experiment_dir: str, resources: dict[str, Any],
-                 callbacks: list | None = None, trial_id: str | None = None) -> str | Path | None:
+                 callbacks: list | None = None, trial_id: str | None = None,
+                 cost: dict[str, Any] | None = None) -> str | Path | None:
     """Run one Ray Train run of ``cfg``; returns the path (or storage URI) of its best checkpoint file."""
     workers = int(resources.get("workers", 1))
     gpus = float(resources.get("gpus", 0))
@@ -165,7 +175,8 @@ def run_training(cfg: TrainConfig, run_name: str, experiment_dir: str, resources
     runs = storage.join(experiment_dir, TRAIN_RUNS)
     trainer = TorchTrainer(
         train_fn_per_worker,
-        train_loop_config={"trial": cfg.to_dict(), "trial_id": trial_id, "experiment_dir": experiment_dir},
+        train_loop_config={"trial": cfg.to_dict(), "trial_id": trial_id, "experiment_dir": experiment_dir,
+                           "cost": cost or {}},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus > 0, resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
             name=run_name,
@@ -180,11 +191,47 @@ def run_training(cfg: TrainConfig, run_name: str, experiment_dir: str, resources
     return best_checkpoint(checkpoints(storage.join(runs, run_name)))
 
 
-def train_trial(params: dict[str, Any], base: dict[str, Any], resources: dict[str, Any], experiment_dir: str) -> None:
-    """Tune's function trainable for the Train runner: start the trial's TorchTrainer, relay its reports."""
+def _refused(trial_id: str, cost: dict[str, Any], constraints: dict[str, dict[str, float]] | None) -> bool:
+    """Report the trial's cost as its one result, and say so, when it violates a constraint checked before
+    training (``study.trial_cost.infeasible_result``): the driver records it ``infeasible``, Optuna learns it."""
+    refused = infeasible_result(cost, constraints or {})
+    if refused is not None:
+        log.info("trial %s: infeasible, not trained: %s", trial_id, refused[VIOLATIONS_KEY])
+        ray.tune.report(refused)
+    return refused is not None
+
+
+def _worker_cost(loop_config: dict[str, Any]) -> dict[str, Any]:
+    cfg = TrainConfig.from_dict(loop_config)
+    train_set, _ = load_splits(cfg)
+    return trial_cost(cfg, train_set.num_classes)
+
+
+def worker_cost(cfg: TrainConfig, resources: dict[str, Any]) -> dict[str, Any]:
+    """A Train-runner trial's cost, measured by one Ray task with one worker's share of the trial's resources
+    (so on the kind of device its workers train on), before the workers start; outside the trial's placement
+    group, which holds only the driver's token request."""
+    workers = int(resources.get("workers", 1))
+    task = ray.remote(_worker_cost).options(num_cpus=float(resources.get("cpus", 1)) / workers,
+                                            num_gpus=float(resources.get("gpus") or 0) / workers,
+                                            scheduling_strategy=PlacementGroupSchedulingStrategy(None))
+    return ray.get(task.remote(cfg.to_dict()))
+
+
+def train_trial(params: dict[str, Any], base: dict[str, Any], resources: dict[str, Any], experiment_dir: str,
+                constraints: dict[str, dict[str, float]] | None = None) -> None:
+    """Tune's function trainable for the Train runner: measure the trial's cost (an infeasible configuration is
+    never trained), then start the trial's TorchTrainer and relay its reports."""
     cfg = trial_config(params, base)
     trial_id = ray.tune.get_context().get_trial_id()
     if _ended_already(experiment_dir, trial_id):
         return
+    try:
+        cost = worker_cost(cfg, resources)
+    except PERMANENT_ERRORS as exc:  # bad data or options: the workers would fail the same way
+        log.error("trial %s: %s", trial_id, record_permanent_error(experiment_dir, trial_id, exc))
+        return
+    if _refused(trial_id, cost, constraints):
+        return
     run_training(cfg, train_run_name(trial_id), experiment_dir, resources, callbacks=[TuneReportCallback()],
-                 trial_id=trial_id)
+                 trial_id=trial_id, cost=cost)

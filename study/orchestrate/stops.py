@@ -21,14 +21,16 @@ from ray.train.constants import _get_ray_train_session_dir
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from study import storage
-from study.errors import StudyInterrupted
+from foundation import storage
+from foundation.errors import StudyInterrupted
+from study.constraints import BEFORE_TRAINING, COST_DEVICE, INFEASIBLE_KEY, VIOLATIONS_KEY
 from study.fates import (
     COMPLETED,
     ENDED,
     ENDED_SHORT,
     ERROR,
     FINAL,
+    INFEASIBLE,
     INTERRUPTED,
     STOPPED_BY_ASHA,
     fate_of,
@@ -88,8 +90,12 @@ class FateRecorder(tune.Callback):
             return
         epoch = max(last_recorded_epoch(staging, trial.trial_id), last_recorded_epoch(self.experiment_dir,
                                                                                      trial.trial_id))
+        last = trial.last_result or {}
         if has_permanent_error(self.experiment_dir, trial.trial_id):  # the trial wrote it to storage
             record_fate(staging, trial.trial_id, ERROR, epoch, previous)
+        elif last.get(INFEASIBLE_KEY):  # it reported its cost instead of training (study.trial_cost)
+            record_fate(staging, trial.trial_id, INFEASIBLE, 0, previous, detail=last.get(VIOLATIONS_KEY, ""),
+                        cost={k: last[k] for k in (*BEFORE_TRAINING, COST_DEVICE) if k in last})
         elif epoch >= self.epochs:
             record_fate(staging, trial.trial_id, COMPLETED, epoch, previous)
         else:

@@ -6,12 +6,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import optuna
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import BasicVariantGenerator
 
-from study import storage
+from foundation import storage
 from study.layout import trial_dirname
 from study.orchestrate.cluster import driver_request
 from study.orchestrate.console import TrialTable
@@ -24,11 +23,12 @@ from study.orchestrate.stops import (
     check_finished,
     reconcile_with_storage,
 )
-from study.settings import StudySettings
+from study.samplers import build_sampler
+from study.settings import ResourcePlan, StudySettings
 
 
 def tune_space(space: dict[str, Any]) -> dict[str, Any]:
-    """Ray Tune domains for an Optuna search (``search_spaces.spec``'s entries). OptunaSearch refuses
+    """Ray Tune domains for an Optuna search (``study.space``'s entries). OptunaSearch refuses
     ``tune.grid_search`` (ray/tune/search/optuna), so here a grid axis is a categorical choice; the grid searcher
     runs a grid's cross product as points instead. A randint includes its high end, as the file says."""
     kinds = {"choice": lambda v: tune.choice(v[0]), "grid": lambda v: tune.choice(v[0]),
@@ -37,17 +37,18 @@ def tune_space(space: dict[str, Any]) -> dict[str, Any]:
     return {name: kinds[spec[0]](spec[1:]) for name, spec in space.items()}
 
 
-def trainable(settings: StudySettings, pretrained: dict[str, str]) -> Any:
+def trainable(settings: StudySettings, plan: ResourcePlan, pretrained: dict[str, str]) -> Any:
     """The trial runner for ``settings.runner``, with its resource request."""
-    base = settings.trial_base(pretrained)
+    base = settings.trial_base(pretrained, plan)
     if settings.runner == "tune":  # the trial process trains: it holds the trial's CPUs and GPU share
-        fn = tune.with_parameters(tune_trial, base=base, experiment_dir=settings.experiment_dir)
-        if settings.gpus_per_model:  # each trial's GPU share from its model's estimated peak memory
-            return tune.with_resources(fn, settings.trial_resources)
-        return tune.with_resources(fn, {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial or 0})
-    resources = {"workers": settings.workers_per_trial, "cpus": settings.cpus_per_trial,
-                 "gpus": settings.gpus_per_trial}
-    fn = tune.with_parameters(train_trial, base=base, resources=resources, experiment_dir=settings.experiment_dir)
+        fn = tune.with_parameters(tune_trial, base=base, experiment_dir=settings.experiment_dir,
+                                  constraints=settings.constraints)
+        if plan.gpus_per_model:  # each trial's GPU share from its model's estimated peak memory
+            return tune.with_resources(fn, plan.trial_resources)
+        return tune.with_resources(fn, {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial})
+    resources = {"workers": plan.workers_per_trial, "cpus": plan.cpus_per_trial, "gpus": plan.gpus_per_trial}
+    fn = tune.with_parameters(train_trial, base=base, resources=resources, experiment_dir=settings.experiment_dir,
+                              constraints=settings.constraints)
     return tune.with_resources(fn, driver_request())  # the Train workers hold the trial's resources
 
 
@@ -63,12 +64,12 @@ def run_config(settings: StudySettings, table: TrialTable) -> tune.RunConfig:
     )
 
 
-def run_tune(settings: StudySettings, pretrained: dict[str, str], table: TrialTable) -> Any:
+def run_tune(settings: StudySettings, plan: ResourcePlan, pretrained: dict[str, str], table: TrialTable) -> Any:
     # A trial ended by an error that retrying cannot fix returns without a result (runners.py); Tune's strict
     # check would take that final, metric-less result for a misspelt metric and abort the whole study.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", STATE_SAVE_PERIOD_S)
-    fn = trainable(settings, pretrained)
+    fn = trainable(settings, plan, pretrained)
     if settings.resume and tune.Tuner.can_restore(settings.experiment_dir):
         reconcile_with_storage(settings.experiment_dir)
         # The restored run config (callbacks included) is the one saved when the study started.
@@ -83,12 +84,12 @@ def run_tune(settings: StudySettings, pretrained: dict[str, str], table: TrialTa
         num_samples = len(points)
     else:
         param_space = tune_space(settings.space)
-        search_alg = optuna_search(settings, metric="val_miou", mode="max", seed=settings.seed,  # in optuna.db
-                                   sampler=optuna.samplers.TPESampler(seed=settings.seed),
-                                   points_to_evaluate=settings.points[: settings.num_samples] or None)
+        # in optuna.db; the objectives (one metric, or several: a list), with ASHA stopping on val mIoU below
+        search_alg = optuna_search(settings, points_to_evaluate=settings.points[: settings.num_samples] or None,
+                                   sampler=build_sampler(settings.sampler, settings.seed, settings.num_samples))
         num_samples = settings.num_samples
     if settings.scheduler == "asha":
-        scheduler = RecordingASHA(time_attr="epoch", max_t=settings.epochs, grace_period=settings.grace_period,
+        scheduler = RecordingASHA(time_attr="epoch", max_t=settings.epochs, grace_period=settings.asha_grace_period,
                                   reduction_factor=settings.reduction_factor)
     else:
         scheduler = FIFOScheduler()
@@ -96,7 +97,7 @@ def run_tune(settings: StudySettings, pretrained: dict[str, str], table: TrialTa
         fn,
         param_space=param_space,
         tune_config=tune.TuneConfig(metric="val_miou", mode="max", search_alg=search_alg, scheduler=scheduler,
-                                    num_samples=num_samples, max_concurrent_trials=settings.max_concurrent or None,
+                                    num_samples=num_samples, max_concurrent_trials=plan.max_concurrent,
                                     trial_dirname_creator=trial_dirname, reuse_actors=settings.runner == "tune"),
         run_config=run_config(settings, table),
     )

@@ -39,7 +39,7 @@ from ray.air.integrations.wandb import (
 )
 from ray.air.util.node import _force_on_current_node
 
-from study.errors import ConfigError
+from foundation.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

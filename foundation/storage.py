@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from segmodels.files import atomic_write
+from foundation.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def read_bytes(uri: str | Path) -> bytes:
 
 def _write(uri: str | Path, write: Callable[[BinaryIO], object]) -> None:
     """The one place that writes a file at a local path or URI: one object put on object storage
-    (readers see all of it or nothing), ``segmodels.files.atomic_write`` locally."""
+    (readers see all of it or nothing), ``foundation.files.atomic_write`` locally."""
     if not is_remote(uri):
         atomic_write(uri, write)
         return
@@ -134,11 +134,18 @@ def _download_file(uri: str | Path, local: Path) -> None:
         atomic_write(local, lambda f: shutil.copyfileobj(stream, f, length=8 * 2**20))
 
 
+def default_cache_dir() -> Path:
+    """The cache folder on this node: ``$SEGSTUDY_CACHE``, else ``$XDG_CACHE_HOME/segstudy`` or ~/.cache/segstudy."""
+    import os
+
+    if os.environ.get("SEGSTUDY_CACHE"):
+        return Path(os.environ["SEGSTUDY_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "segstudy"
+
+
 def local_copy(uri: str, cache_dir: str | Path | None = None) -> Path:
     """A local file with the contents of ``uri`` (downloaded once per node into the cache folder)."""
     import hashlib
-
-    from study.data.cache import default_cache_dir
 
     fs, path = _resolve(uri)
     info = fs.get_file_info(path)

@@ -1,7 +1,7 @@
 """The one atomic file write of the project: write beside the target, then rename over it.
 
 A reader (another trial, a resumed study, the analysis) never sees half a file, and a failed
-write leaves the previous file as it was. ``study.io`` and ``study.storage`` build on it.
+write leaves the previous file as it was. ``foundation.io`` and ``foundation.storage`` build on it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
 """The one grammar of a search space: the built-in presets (``search_spaces/*.yaml``) and a ``--space FILE.yaml``.
+The keys a file may fix, and those it may search, are the options declared so (``study.options``).
 
 A file is YAML with these keys, each optional: a key it gives replaces the preset's (a `space` without `points`
 drops the preset's points, which belong to its space)::
@@ -12,7 +13,8 @@ drops the preset's points, which belong to its space)::
     searcher: optuna                        # or grid
     scheduler: {asha: {grace_period: 4, reduction_factor: 2}}            # or none
     num_samples: 24
-    epochs: 30                              # and dataset, data_root, toy, batch_size, image_size, val_every
+    epochs: 30                              # and every option declared for a space file: dataset, data_root,
+                                            # batch_size, image_size, val_every, sampler, objectives, ...
     pretrain: {models: [segformer], dataset: cityscapes, image_size: 64x128, epochs: 30, batch_size: 64,
                lr: 1.0e-3, gamma: 0.98}     # the study's own encoder pretraining stage, or none; any
                                             # registered models, on another task with data_root, classes, ...
@@ -33,8 +35,11 @@ from typing import Any
 
 import yaml
 
+from foundation.errors import ConfigError
+from foundation.io import parse_yaml, read_yaml
 from study.config import SEARCHABLE, TrainConfig, parse_image_size
-from study.errors import ConfigError
+from study.options import Size, check_value, declared, names
+from study.settings import StudySettings
 
 KINDS = ("choice", "grid", "loguniform", "uniform", "randint")
 RANGES = {"loguniform": float, "uniform": float, "randint": int}  # the field type each range samples
@@ -42,21 +47,13 @@ SEARCHERS = ("optuna", "grid")
 ASHA_KEYS = ("grace_period", "reduction_factor")
 PRETRAIN_KEYS = ("models", "dataset", "image_size", "epochs", "batch_size", "lr", "gamma")
 # A pretraining task other than the study's data root: its root and labels (as a task file names them).
-PRETRAIN_TASK_KEYS = ("data_root", "classes", "ignore_index", "reduce_zero_label")
-# The study-wide TrainConfig fields a file may set (the command line's options of the same names win).
-STUDY_FIELDS = ("dataset", "epochs", "batch_size", "image_size", "val_every")
-FILE_KEYS = ("space", "points", "searcher", "scheduler", "num_samples", "data_root", "toy", *STUDY_FIELDS,
-             "pretrain")
+PRETRAIN_TASK_KEYS = tuple(f.name for f in declared(TrainConfig) if "task" in f.metadata["where"]
+                           and f.metadata["group"] == "task and data" and f.name not in PRETRAIN_KEYS)
+# The options a file may fix (the command line's options of the same names win); the scheduler's are its block's.
+FIXED = tuple(k for k in names(StudySettings, "space") if k not in ("scheduler", *ASHA_KEYS))
+FILE_KEYS = ("space", "points", "scheduler", *FIXED, "pretrain")
 # What a loaded file holds, flat (the scheduler's parameters are keys of their own): StudySettings' field names.
 PRESET_KEYS = (*[k for k in FILE_KEYS if k != "scheduler"], "scheduler", *ASHA_KEYS)
-
-
-class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads ``1e-3`` as a string; a space file means the number (as YAML 1.2 does)."""
-
-
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d[\d_]*)?\.?\d*[eE][-+]?\d+$"),
-                              list("-+0123456789."))
 
 
 class _Flow(dict):
@@ -76,28 +73,30 @@ def load(path: str | Path) -> dict[str, Any]:
     return parse(read(path), str(path))
 
 
+FOLDER = Path(__file__).resolve().parents[1] / "search_spaces"  # the presets: data, in the grammar below
+PRESETS = tuple(sorted(path.stem for path in FOLDER.glob("*.yaml")))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """The preset ``search_spaces/<name>.yaml``, checked and resolved (a fresh dict: callers may change it)."""
+    if name not in PRESETS:
+        raise ConfigError(f"--preset: expected one of {', '.join(PRESETS)}, got {name!r}")
+    path = FOLDER / f"{name}.yaml"
+    return resolve(load(path), str(path))
+
+
+def load_space(path: str, preset: dict[str, Any]) -> dict[str, Any]:
+    """A ``--space`` file over ``preset`` (each key the file gives wins), checked and resolved."""
+    return resolve(overlay(preset, load(path)), path)
+
+
 def read(path: str | Path) -> dict[str, Any]:
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(f"--space {path}: cannot be read ({exc.strerror or exc})") from None
-    return loads(text, str(path))
+    return read_yaml(path, f"--space {path}")
 
 
 def loads(text: str, source: str) -> dict[str, Any]:
-    """The mapping a file's text holds (not yet checked)."""
-    try:
-        data = yaml.load(text, Loader=_Loader)  # a SafeLoader
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise ConfigError(f"{source}: not valid YAML ({problem}{where})") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping of keys ({', '.join(FILE_KEYS)}), got {type(data).__name__}")
-    return data
+    """The mapping a file's text holds (not yet checked): what ``--print-space`` printed, read back."""
+    return parse_yaml(text, source)
 
 
 def parse(data: dict[str, Any], source: str) -> dict[str, Any]:
@@ -111,24 +110,12 @@ def parse(data: dict[str, Any], source: str) -> dict[str, Any]:
         out["space"] = {key: _entry(source, key, value, models) for key, value in space.items()}
     if "points" in data:
         out["points"] = _points(source, data["points"], models)
-    if "searcher" in data:
-        out["searcher"] = _searcher(source, data["searcher"])
     if "scheduler" in data:
         out.update(_scheduler(source, data["scheduler"]))
-    if "num_samples" in data:
-        _integer(source, "num_samples", data["num_samples"], 1)
-        out["num_samples"] = data["num_samples"]
-    if "data_root" in data:
-        if not isinstance(data["data_root"], str) or not data["data_root"]:
-            raise ConfigError(f"{source}: data_root: expected a folder or URI, got {data['data_root']!r}")
-        out["data_root"] = data["data_root"]
-    if "toy" in data:
-        if not isinstance(data["toy"], bool):
-            raise ConfigError(f"{source}: toy: expected true or false, got {data['toy']!r}")
-        out["toy"] = data["toy"]
-    fields = {key: data[key] for key in STUDY_FIELDS if key in data}
-    _train_config(source, "", fields, models)
-    out.update(fields)
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key in (k for k in FIXED if k in data):
+        out[key] = check_value(StudySettings, key, data[key], f"{source}: {key}")
+    _train_config(source, "", {k: v for k, v in out.items() if k in train_fields}, models)
     if "pretrain" in data:
         out["pretrain"] = _pretrain(source, data["pretrain"])
     return out
@@ -187,6 +174,8 @@ def to_text(values: dict[str, Any]) -> str:
             data[key] = "none"
         elif key == "space" and key in values:
             data[key] = {name: _Flow(to_entry(entry)) for name, entry in values[key].items()}
+        elif key == "image_size" and values.get(key) is not None:
+            data[key] = "x".join(map(str, values[key]))
         elif key in values and values[key] is not None:
             data[key] = list(values[key]) if isinstance(values[key], tuple) else values[key]
     return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=None, width=120)
@@ -203,6 +192,9 @@ def to_entry(entry: tuple) -> dict[str, Any]:
 
 def _entry(source: str, key: str, value: Any, models: list[str]) -> tuple:
     where = f"space.{key}"
+    if isinstance(value, list):
+        raise ConfigError(f"{source}: {where}: a bare list is not a space entry; write {{choice: [...]}} or "
+                          f"{{grid: [...]}} to search, or one value (an image size as HxW) to fix it, got {value!r}")
     if not isinstance(value, dict):  # one value: fixed
         return ("choice", [_value(source, where, key, value, models)])
     if len(value) != 1 or next(iter(value)) not in KINDS:
@@ -232,8 +224,8 @@ def _entry(source: str, key: str, value: Any, models: list[str]) -> tuple:
 
 
 def _value(source: str, where: str, key: str, value: Any, models: list[str]) -> Any:
-    """One searched value, checked by TrainConfig; an image size becomes ``"HxW"`` (Optuna's choices are scalars)."""
-    if key == "image_size":
+    """One searched value, checked by TrainConfig; a size becomes ``"HxW"`` (Optuna's choices are scalars)."""
+    if isinstance(next(f for f in declared(TrainConfig) if f.name == key).metadata["kind"], Size):
         value = _image_size(source, where, value)
     elif isinstance(value, (list, dict)) or value is None:
         raise ConfigError(f"{source}: {where}: a searched value is one string or number, got {value!r}")

@@ -1,7 +1,7 @@
 """The project's one error hierarchy: what a user can fix, named in one line (CLIs exit 2, no traceback).
 
 It lives in the lowest layer so that every layer above (data, loop, study, analysis) raises the
-same classes; ``study.errors`` re-exports it.
+same classes; ``foundation.errors`` re-exports it.
 """
 
 from __future__ import annotations
@@ -33,3 +33,9 @@ class StudyInterrupted(Exception):
     """A study stopped by SIGINT or SIGTERM after Tune saved its state: ``--resume`` continues it (exit 130)."""
 
     exit_code = 130
+
+
+class StudyFailed(Exception):
+    """A study ran but no trial completed: its results hold only errors (exit 1, so scripts and CI see it)."""
+
+    exit_code = 1
