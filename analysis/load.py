@@ -17,6 +17,7 @@ import pandas as pd
 from foundation import storage
 from foundation.errors import DataError
 from study.layout import CHECKPOINT_FILE, STUDY_FILE, best_trial_checkpoint
+from study.options import is_missing
 from study.summary import add_cost, load_history, results_experiment, searched_columns, summary_table, trial_ids
 
 STRATEGY_ORDER = ("scratch", "fine-tune", "fine-tune lr/2", "freeze")
@@ -150,7 +151,7 @@ def best_configuration(trials: pd.DataFrame, keys: list[str]) -> list[str]:
     best = means.idxmax() if len(keys) > 1 else (means.idxmax(),)
     match = pd.Series(True, index=grouped.index)
     for key, value in zip(keys, best, strict=True):
-        match &= grouped[key].isna() if _missing(value) else grouped[key] == value
+        match &= grouped[key].isna() if is_missing(value) else grouped[key] == value
     chosen = grouped[match]
     return list((chosen.sort_values("seed") if "seed" in chosen else chosen)["trial_id"])
 
@@ -178,10 +179,6 @@ def _fixed(entry: object) -> bool:
     if kind in ("loguniform", "uniform", "randint"):
         return False
     return kind not in ("choice", "grid") or not args or not isinstance(args[0], (list, tuple)) or len(args[0]) <= 1
-
-
-def _missing(value: object) -> bool:
-    return value is None or (isinstance(value, float) and value != value)
 
 
 def mirror_experiment(uri: str, local: str | Path) -> Path:

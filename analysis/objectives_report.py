@@ -18,6 +18,7 @@ from analysis import pareto
 from analysis.load import configuration_keys, model_label
 from analysis.pareto_figures import hypervolume_figure, pareto_front_figure
 from segmodels.cost import MEASURED
+from study.options import is_missing
 from study.summary import COUNTED_COST
 
 LATENCY = "latency_ms"
@@ -57,7 +58,7 @@ def _device(table: pd.DataFrame) -> str:
 
 def value_text(value: object) -> str:
     """A table cell for any recorded value: numbers to 4 significant digits, a dash when unset."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if is_missing(value):
         return "—"
     if isinstance(value, float):
         return f"{value:.4g}"

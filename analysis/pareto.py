@@ -29,8 +29,6 @@ trials so far, one point per trial rather than per configuration, because it mea
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 
@@ -186,8 +184,3 @@ def bound_text(metric: str, bound: dict[str, float]) -> str:
     parts = [f"{metric} ≤ {bound['max']:g}"] if "max" in bound else []
     parts += [f"{metric} ≥ {bound['min']:g}"] if "min" in bound else []
     return " and ".join(parts)
-
-
-def is_missing(value: object) -> bool:
-    """None or NaN (a key a configuration does not set)."""
-    return value is None or (isinstance(value, float) and math.isnan(value))

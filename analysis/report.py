@@ -59,6 +59,7 @@ from study.data import Labels, build_dataset
 from study.data.formats import FORMATS
 from study.data.transforms import denormalize, normalize
 from study.layout import model_slug
+from study.options import is_missing
 from study.summary import results_experiment
 from study.task import load_task
 
@@ -360,18 +361,14 @@ def _headline(table: pd.DataFrame, keys: list[str] | None = None) -> str:
             told.append(f"{name} {mean:.4f}" + (f" [95 % CI {low:.4f}, {high:.4f}]" if not math.isnan(low) else ""))
     seeds = f"mean over {len(runs)} seeds" if len(runs) > 1 else f"one seed, trial `{first['trial_id']}`"
     shown = [f"{k} {_cell(first[k], k)}" if k != "init" else f"init `{first['init']}`" for k in keys
-             if k != "model" and k in first and not _unset(first[k])]
+             if k != "model" and k in first and not is_missing(first[k])]
     return (f"**Best configuration:** {model_label(first['model'])}, {first['strategy']} "
             f"({', '.join(shown)}), {seeds}: " + ", ".join(told) + ".")
 
 
-def _unset(value: object) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
 def _cell(value: object, key: str = "") -> str:
     """A searched key's value in a table: lr to 3 significant digits, other numbers to 4, a dash when unset."""
-    if _unset(value):
+    if is_missing(value):
         return "—"
     if isinstance(value, (float, np.floating)):
         return f"{value:.3g}" if key == "lr" else f"{value:.4g}"

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 from foundation.errors import StudyFailed, StudyInterrupted, UsageError
-from study.options import GROUPS, Flag, Kind, declared, flag
+from study.options import GROUPS, Flag, Kind, declared, flag, size_text
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -155,7 +155,7 @@ def _default(field: dataclasses.Field) -> Any:
 
 def _shown(default: Any) -> str:
     if isinstance(default, tuple):
-        return "x".join(map(str, default))
+        return size_text(default)
     return "none" if default in (None, {}, []) else str(default)
 
 

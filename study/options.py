@@ -194,14 +194,24 @@ def names(cls: type, place: str) -> tuple[str, ...]:
     return tuple(f.name for f in declared(cls) if place in f.metadata["where"])
 
 
+def is_missing(value: Any) -> bool:
+    """None or NaN: a value a row does not have (a table's empty cell)."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def size_text(size: tuple[int, int] | list[int]) -> str:
+    """``(64, 128)`` -> ``"64x128"``: a size as the CLI and the files spell it."""
+    return "x".join(map(str, size))
+
+
 def show(cls: type, name: str, value: Any) -> str:
     """A value as tables show it: by its declared format (``fmt``), "-" when absent."""
-    if value is None or isinstance(value, float) and math.isnan(value):
+    if is_missing(value):
         return "-"
     field = next((f for f in declared(cls) if f.name == name), None)
     fmt = field.metadata["fmt"] if field is not None else None
     if isinstance(value, tuple):
-        return "x".join(map(str, value))
+        return size_text(value)
     return format(value, fmt) if fmt and isinstance(value, (int, float)) else str(value)
 
 

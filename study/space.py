@@ -38,7 +38,7 @@ import yaml
 from foundation.errors import ConfigError
 from foundation.io import parse_yaml, read_yaml
 from study.config import SEARCHABLE, TrainConfig, parse_image_size
-from study.options import Size, check_value, declared, names
+from study.options import Size, check_value, declared, names, size_text
 from study.settings import StudySettings
 
 KINDS = ("choice", "grid", "loguniform", "uniform", "randint")
@@ -175,7 +175,7 @@ def to_text(values: dict[str, Any]) -> str:
         elif key == "space" and key in values:
             data[key] = {name: _Flow(to_entry(entry)) for name, entry in values[key].items()}
         elif key == "image_size" and values.get(key) is not None:
-            data[key] = "x".join(map(str, values[key]))
+            data[key] = size_text(values[key])
         elif key in values and values[key] is not None:
             data[key] = list(values[key]) if isinstance(values[key], tuple) else values[key]
     return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=None, width=120)

@@ -39,6 +39,7 @@ from study.layout import (
     trial_folder,
     tune_results,
 )
+from study.options import is_missing
 from study.pareto import losses, non_dominated
 
 HYPERPARAMETERS = ("model", "init", "lr", "gamma")  # what every trial has (a space may search more: SEARCHABLE)
@@ -87,17 +88,14 @@ def top_configurations(summary: pd.DataFrame, k: int, objectives: dict[str, str]
         columns = {m: "best_val_miou" if m == "val_miou" else m for m in objectives}
         on_front = non_dominated(losses(distinct, objectives, columns))
         distinct = pd.concat([distinct[on_front], distinct[~on_front]])
-    return [{key: _plain(row[key]) for key in keys if not _missing(row[key])} for _, row in distinct.head(k).iterrows()]
+    return [{key: _plain(row[key]) for key in keys if not is_missing(row[key])}
+            for _, row in distinct.head(k).iterrows()]
 
 
 def searched_columns(table: pd.DataFrame) -> list[str]:
     """The hyperparameter columns of a history or summary: the four every trial has, then any other searched
     field (``study.config.SEARCHABLE``: batch_size, image_size, ...) some trial was given."""
     return [*HYPERPARAMETERS, *(k for k in SEARCHABLE if k not in HYPERPARAMETERS and k in table.columns)]
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _plain(value: Any) -> Any:
@@ -225,7 +223,7 @@ def add_cost(table: pd.DataFrame, settings: dict[str, Any]) -> pd.DataFrame:
     if num_classes is None or size is None or not len(out):
         return out
     searched = out["image_size"] if "image_size" in out.columns else [None] * len(out)
-    keys = [(model, parse_image_size(size if _missing(own) else own))
+    keys = [(model, parse_image_size(size if is_missing(own) else own))
             for model, own in zip(out["model"], searched, strict=True)]
     for key in dict.fromkeys(k for k in keys if isinstance(k[0], str)):
         model, (height, width) = key
@@ -237,7 +235,3 @@ def add_cost(table: pd.DataFrame, settings: dict[str, Any]) -> pd.DataFrame:
         rows = [k == key for k in keys]
         out.loc[rows, "params"], out.loc[rows, "flops"] = params, flops
     return out
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
