@@ -54,7 +54,7 @@ def _recorded_over(values: dict[str, Any], cli: dict[str, Any]) -> dict[str, Any
             out[key] = value
         elif field is None or key in IDENTITY or field.metadata["group"] in HOW:
             continue
-        elif "resume" in field.metadata["where"]:
+        elif "resume" in field.metadata["where"] and not (key == "epochs" and _per_iteration(recorded)):
             out[key] = cli.get(key, value)
         elif key in cli and _comparable(cli[key]) != _comparable(value):
             raise ConfigError(f"{flag(key)}: {cli[key]!r} differs from the study being resumed ({value!r}); it "
@@ -62,6 +62,11 @@ def _recorded_over(values: dict[str, Any], cli: dict[str, Any]) -> dict[str, Any
         else:
             out[key] = value
     return out
+
+
+def _per_iteration(recorded: dict[str, Any]) -> bool:
+    """A poly or cosine schedule was planned over the recorded epochs' iterations: they cannot change on resume."""
+    return recorded.get("schedule", "exponential") != "exponential"
 
 
 def recorded_settings(experiment_dir: str) -> dict[str, Any]:

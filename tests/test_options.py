@@ -229,3 +229,11 @@ def test_the_recipe_options_are_searchable(tmp_path: Path) -> None:
     cfg = trial_config(params, settings.trial_base({}, ResourcePlan(cpus_per_trial=1, gpus_per_trial=0)))
     assert (cfg.schedule, cfg.head_lr_mult, cfg.base_size, cfg.photometric) == ("cosine", 4.0, (512, 128), True)
     assert "head_lr_mult" in settings.searched_keys() and "gamma" not in settings.searched_keys()
+
+
+def test_a_per_iteration_schedule_keeps_its_epochs_on_resume(tmp_path: Path) -> None:
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "study.json").write_text(json.dumps({"epochs": 3, "schedule": "poly", "warmup": 0.1}))
+    with pytest.raises(Exception, match="--epochs: 5 differs from the study being resumed"):
+        resolve({"resume": True, "storage": str(tmp_path), "epochs": 5}, "demo")
+    assert resolve({"resume": True, "storage": str(tmp_path)}, "demo").epochs == 3
