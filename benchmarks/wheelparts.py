@@ -32,7 +32,7 @@ MANIFEST = "manifest.json"
 PYTHON_VERSION = "3.12"  # the device image's (KINDS.md: Python 3.12.3)
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
              "manylinux1_x86_64"]
-# What Ray, Ray Tune and Optuna need beyond the device image (issue 21; the image has torch, pandas, pyarrow,
+# What Ray, Ray Tune and Optuna need beyond the device image (the image has torch, pandas, pyarrow,
 # aiohttp, grpcio, msgpack, protobuf, pyyaml, requests, click, filelock, ...): one version each.
 WHEELS = ["ray==2.60.0", "optuna", "alembic", "sqlalchemy", "greenlet", "colorlog", "mako", "tensorboardX",
           "jsonschema", "jsonschema-specifications", "referencing", "rpds-py", "aiohttp-cors", "colorful", "py-spy",

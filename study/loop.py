@@ -20,8 +20,8 @@ rank computes the same mIoU. Callers hook in through ``on_validation``.
 
 Precision: ``auto`` trains under bf16 autocast on CPUs with native bf16 (AVX512-BF16 or
 AMX), where ``benchmarks.precision`` measured training faster with val mIoU unchanged;
-everywhere else in fp32, CUDA included: on an H200, bf16 autocast trained SegFormer-B0 and
-FCN ResNet-50 at 64x64 0.83x and 0.78x as fast (``benchmarks/results/gpu-h200*.json``).
+everywhere else in fp32, CUDA included, where bf16 autocast measured slower at the report's sizes
+(docs/performance.md and ``benchmarks/results/gpu-h200*.json`` have the numbers).
 Validation is always fp32.
 
 Speed options (``--tf32``, ``--fused-adamw``, ``--channels-last``, ``--compile``): ``study.speed``.
