@@ -29,7 +29,7 @@ from foundation.errors import ConfigError
 from foundation.io import load_checkpoint, write_json
 from segmodels import SegModel, build_model
 from study.cli import OneLineParser, exit_cli
-from study.config import DATASETS, DEVICES, SPLITS, TrainConfig
+from study.config import DATASETS, DEVICES, EVAL_AT, SPLITS, TrainConfig
 from study.data import Labels, SegDataset, build_dataset
 from study.data.formats import open_source
 from study.data.transforms import denormalize, normalize
@@ -45,7 +45,6 @@ MAX_ROC_VALUES = 24_000_000  # ... and of at most this many probabilities (96 MB
 MAX_MICRO_VALUES = 2_000_000  # the micro-average ROC pools (pixel, class) pairs of a subsample of that size
 ROC_GRID = np.linspace(0, 1, 501)  # the false positive rates the macro-average curve is given at
 MASK_EXAMPLES = 4
-EVAL_AT = ("input", "original")  # the cached split at the training size, or the labels as they are on disk
 
 
 def load_model(checkpoint: dict[str, Any]) -> tuple[SegModel, TrainConfig]:
@@ -177,8 +176,6 @@ def score_checkpoint(checkpoint_path: str | Path, dataset: str, data_root: str |
     checkpoint = load_checkpoint(checkpoint_path)
     model, cfg = load_model(checkpoint)
     eval_at = cfg.eval_at if eval_at is None else eval_at
-    if eval_at not in EVAL_AT:
-        raise ConfigError(f"--eval-at: expected one of {', '.join(EVAL_AT)}, got {eval_at!r}")
     inference = inference_options(cfg) if inference is None else inference
     layout = split_layouts(cfg.replace(eval_at=eval_at))[1]
     data = build_dataset(dataset, split, data_root, cfg.image_size, cache_dir=cache_dir, labels=Labels.of(cfg),
@@ -242,7 +239,7 @@ class PredictionWriter:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.stems = [Path(f).stem for f in data.files]
-        palette = class_palette(data.class_names, getattr(data, "palette", None)).reshape(-1)
+        palette = class_palette(data.class_names).reshape(-1)
         self.palette = [*palette.tolist(), *[0] * (768 - len(palette))]
 
     def __call__(self, indices: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
@@ -262,7 +259,7 @@ def write_test_figures(result: dict, roc: dict, data: SegDataset, examples: list
 
     confusion = np.array(result["confusion_matrix"])
     images = (denormalize(normalize(data.images[examples])).permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)
-    palette = fig.class_palette(data.class_names, getattr(data, "palette", None))
+    palette = fig.class_palette(data.class_names)
     return [
         fig.confusion_figure(confusion, data.class_names, f"{title}: confusion matrix ({data.split})",
                              out / "confusion_matrix"),

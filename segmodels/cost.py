@@ -135,6 +135,7 @@ class _PeakMemory:
 
     def __init__(self, device: torch.device) -> None:
         self.device, self.mib, self.measure = device, math.nan, "unavailable"
+        self.before: int | None = None  # the resident size before, where the peak can be reset (Linux)
 
     def __enter__(self) -> _PeakMemory:
         if self.device.type == "cuda":
@@ -147,7 +148,7 @@ class _PeakMemory:
         if self.device.type == "cuda":
             self.mib = torch.cuda.max_memory_allocated(self.device) / 2**20
             self.measure = "cuda max_memory_allocated"
-        elif getattr(self, "before", None) is not None and (peak := _rss_kib("VmHWM")) is not None:
+        elif self.before is not None and (peak := _rss_kib("VmHWM")) is not None:
             self.mib = max(peak - self.before, 0) / 1024
             self.measure = "cpu peak RSS growth (VmHWM)"
 

@@ -139,13 +139,13 @@ def add_options(parser: argparse.ArgumentParser, cls: type, place: str, preset_d
                                help=help_text)
         else:
             group.add_argument(option_flag, dest=field.name, type=_parser(kind), choices=kind.choices(),
-                               metavar=kind.metavar, action="append" if getattr(kind, "append", False) else None,
+                               metavar=kind.metavar, action="append" if kind.append else None,
                                default=None, help=help_text)
 
 
 def given(args: argparse.Namespace, cls: type, place: str) -> dict[str, Any]:
     """The options of ``cls`` for ``place`` that the command line gave, by field name."""
-    values = {f.name: getattr(args, f.name, None) for f in declared(cls) if place in f.metadata["where"]}
+    values = {f.name: getattr(args, f.name) for f in declared(cls) if place in f.metadata["where"]}
     return {name: value for name, value in values.items() if value is not None}
 
 

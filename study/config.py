@@ -31,6 +31,7 @@ DATA_PLACEMENTS = ("auto", "device", "host")  # --data-placement (study.data.str
 SWITCHES = ("auto", "on", "off")  # --tf32, --fused-adamw, --channels-last
 COMPILE_MODES = ("auto", "off", "default", "max-autotune", "reduce-overhead")  # --compile (torch.compile modes)
 TRIAL_RUNNERS = ("auto", "tune", "train")
+EVAL_AT = ("input", "original")  # --eval-at: labels at the input (test) scale, or each label as it is on disk
 STUDY_STAGE = "cityscapes"  # as --pretrained-fcn/--pretrained-segformer: the study's own Cityscapes stage
 EQUIVALENCE_MARGIN = 0.01  # mIoU: the default margin of the report's equivalence claim (analysis.findings)
 SPEED = ("run", "trial", "resume")  # how fast a trial trains, never what it learns: may change on --resume
@@ -135,7 +136,7 @@ class TrainConfig:
                               where=("run", "trial", "space", "search"))
     eval_at: str = option("input", "where val and test mIoU are computed: input (labels resized to the input) or "
                                    "original (logits resized to each label's own size)", "recipe",
-                          Choice(("input", "original")), where=("run", "trial", "space"))
+                          Choice(EVAL_AT), where=("run", "trial", "space"))
     eval_mode: str = option("whole", "whole-image or sliding-window inference (at --eval-at original)", "recipe",
                             Choice(("whole", "slide")), where=("run", "trial", "space"))
     slide_window: tuple[int, int] | None = option(None, "sliding-window size, HxW", "recipe", Size(optional=True),

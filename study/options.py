@@ -28,6 +28,7 @@ class Kind:
 
     expected = "a value"
     metavar: str | None = None
+    append = False  # a repeatable option: each occurrence adds one value
 
     def check(self, value: Any) -> Any:
         return value
