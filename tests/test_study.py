@@ -143,14 +143,14 @@ def test_resume_after_the_driver_is_killed(ray_cluster: str, small_toy_root: Pat
     encoders = {m: str(save_encoder(build_model(m, 19), tmp_path / f"{m}.pt")) for m in ("segformer", "fcn_resnet50")}
     args = ["-m", "study.run", "--preset", "demo", "--data-root", str(small_toy_root), "--storage",
             str(tmp_path / "st"), "--name", "killed", "--num-samples", "2", *first_points(tmp_path, 2),
-            "--epochs", "4", "--no-report",
+            "--epochs", "4", "--no-report", "--max-concurrent", "1",  # one at a time: the other can't finish too
             "--cache-dir", str(cache_dir), "--pretrained-segformer", encoders["segformer"], "--pretrained-fcn",
             encoders["fcn_resnet50"], "--trial-runner", "train"]
     env = {**os.environ, "RAY_ADDRESS": ray_cluster}
     experiment = tmp_path / "st" / "killed"
     driver = subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
-    try:  # kill at a known point: one trial has finished all 4 epochs
+    try:  # kill at a known point: one trial has finished all 4 epochs, the other has not begun them
         deadline = time.monotonic() + 400
         while not any(_finished(p) for p in experiment.glob("trial_*/result.json")):
             assert driver.poll() is None, "the study ended before it could be killed"
