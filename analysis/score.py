@@ -28,13 +28,14 @@ from torchvision.transforms.v2 import functional as TF
 from foundation.errors import ConfigError
 from foundation.io import load_checkpoint, write_json
 from segmodels import SegModel, build_model
-from study.cli import OneLineParser, exit_cli
-from study.config import DATASETS, DEVICES, EVAL_AT, SPLITS, TrainConfig
+from study.cli import OneLineParser, add_option, exit_cli
+from study.config import DATASETS, DEVICES, SPLITS, TrainConfig
 from study.data import Labels, SegDataset, build_dataset
 from study.data.formats import open_source
 from study.data.transforms import denormalize, normalize
 from study.loop import evaluate, inference_options, resolve_device
 from study.metrics import SegMetric
+from study.options import declaration
 from study.task import load_task
 from study.trial import split_layouts
 
@@ -283,11 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="folder for metrics.json and the figures")
     parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--cache-dir", default=None)
+    add_option(parser, declaration(TrainConfig, "cache_dir"))
     parser.add_argument("--no-figures", action="store_true")
-    parser.add_argument("--eval-at", choices=EVAL_AT, default=None,
-                        help="input: labels at the input (test) scale; original: each label as it is on disk "
-                             "(default: the checkpoint's --eval-at)")
+    add_option(parser, declaration(TrainConfig, "eval_at"), shown="the checkpoint's")
     parser.add_argument("--save-predictions", metavar="DIR",
                         help="write each image's predicted mask here (indexed PNG, the image's stem, its label's size)")
     args = parser.parse_args(argv)

@@ -119,28 +119,34 @@ def native_stderr_diverted(enabled: bool = True) -> Iterator[str | None]:
 
 
 def add_options(parser: argparse.ArgumentParser, cls: type, place: str, preset_defaults: bool = False) -> None:
-    """Every option of ``cls`` declared for ``place`` (``run`` or ``trial``), in its help group, typed by its
-    kind. Each defaults to None, so the caller sees what was given; the help gives the declared default, or
-    says it comes from the preset (``preset_defaults``) for the options a preset may set."""
+    """Every option of ``cls`` declared for ``place`` (``run`` or ``trial``), in its help group (``add_option``);
+    the help says the default comes from the preset (``preset_defaults``) for the options a preset may set."""
     groups = {name: parser.add_argument_group(name) for name in GROUPS}
     for field in declared(cls):
         meta = field.metadata
-        if place not in meta["where"]:
-            continue
-        kind, default = meta["kind"], _default(field)
-        shown = "from the preset" if preset_defaults and "space" in meta["where"] else _shown(default)
-        help_text = meta["help"] if "default" in meta["help"] else f"{meta['help']} (default: {shown})"
-        group, option_flag = groups[meta["group"]], meta["cli"] or flag(field.name)
-        if isinstance(kind, Flag) and default is True:
-            group.add_argument(f"--no-{field.name.replace('_', '-')}", dest=field.name, action="store_const",
-                               const=False, default=None, help=help_text)
-        elif isinstance(kind, Flag):
-            group.add_argument(option_flag, dest=field.name, action="store_const", const=True, default=None,
-                               help=help_text)
-        else:
-            group.add_argument(option_flag, dest=field.name, type=_parser(kind), choices=kind.choices(),
-                               metavar=kind.metavar, action="append" if kind.append else None,
-                               default=None, help=help_text)
+        if place in meta["where"]:
+            from_preset = preset_defaults and "space" in meta["where"]
+            add_option(groups[meta["group"]], field, "from the preset" if from_preset else None)
+
+
+def add_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup, field: dataclasses.Field,
+               shown: str | None = None) -> None:
+    """One declared option (``study.options.declaration``), typed by its kind. It defaults to None, so the caller
+    sees what was given; its help gives the declared default, or ``shown`` where the default comes from elsewhere."""
+    meta = field.metadata
+    kind, default = meta["kind"], _default(field)
+    help_text = meta["help"] if "default" in meta["help"] else f"{meta['help']} (default: {shown or _shown(default)})"
+    option_flag = meta["cli"] or flag(field.name)
+    if isinstance(kind, Flag) and default is True:
+        parser.add_argument(f"--no-{field.name.replace('_', '-')}", dest=field.name, action="store_const",
+                            const=False, default=None, help=help_text)
+    elif isinstance(kind, Flag):
+        parser.add_argument(option_flag, dest=field.name, action="store_const", const=True, default=None,
+                            help=help_text)
+    else:
+        parser.add_argument(option_flag, dest=field.name, type=_parser(kind), choices=kind.choices(),
+                            metavar=kind.metavar, action="append" if kind.append else None, default=None,
+                            help=help_text)
 
 
 def given(args: argparse.Namespace, cls: type, place: str) -> dict[str, Any]:

@@ -190,6 +190,11 @@ def declared(cls: type) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(cls) if "kind" in f.metadata]
 
 
+def declaration(cls: type, name: str) -> dataclasses.Field | None:
+    """The option ``name`` of ``cls``; None where it is no option."""
+    return next((f for f in declared(cls) if f.name == name), None)
+
+
 def names(cls: type, place: str) -> tuple[str, ...]:
     """The options of ``cls`` that may be set in ``place`` (one of ``PLACES``)."""
     return tuple(f.name for f in declared(cls) if place in f.metadata["where"])
@@ -209,7 +214,7 @@ def show(cls: type, name: str, value: Any) -> str:
     """A value as tables show it: by its declared format (``fmt``), "-" when absent."""
     if is_missing(value):
         return "-"
-    field = next((f for f in declared(cls) if f.name == name), None)
+    field = declaration(cls, name)
     fmt = field.metadata["fmt"] if field is not None else None
     if isinstance(value, tuple):
         return size_text(value)
@@ -223,7 +228,7 @@ def flag(name: str) -> str:
 def check_value(cls: type, name: str, value: Any, where: str | None = None) -> Any:
     """One option's value checked and normalised by its declaration in ``cls``; the ConfigError names ``where``
     (a file and key) or else the option."""
-    field = next((f for f in declared(cls) if f.name == name), None)
+    field = declaration(cls, name)
     if field is None:
         raise ConfigError(f"{where or flag(name)}: not an option")
     try:
