@@ -38,7 +38,7 @@ import yaml
 from foundation.errors import ConfigError
 from foundation.io import parse_yaml, read_yaml
 from study.config import SEARCHABLE, TrainConfig, parse_image_size
-from study.options import Size, check_value, declared, names, size_text
+from study.options import Size, check_value, declaration, declared, names, size_text
 from study.settings import StudySettings
 
 KINDS = ("choice", "grid", "loguniform", "uniform", "randint")
@@ -225,7 +225,7 @@ def _entry(source: str, key: str, value: Any, models: list[str]) -> tuple:
 
 def _value(source: str, where: str, key: str, value: Any, models: list[str]) -> Any:
     """One searched value, checked by TrainConfig; a size becomes ``"HxW"`` (Optuna's choices are scalars)."""
-    if isinstance(next(f for f in declared(TrainConfig) if f.name == key).metadata["kind"], Size):
+    if isinstance(declaration(TrainConfig, key).metadata["kind"], Size):
         value = _image_size(source, where, value)
     elif isinstance(value, (list, dict)) or value is None:
         raise ConfigError(f"{source}: {where}: a searched value is one string or number, got {value!r}")
