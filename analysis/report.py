@@ -53,13 +53,13 @@ from analysis.score import per_class_frame, score_checkpoint
 from foundation import storage
 from foundation.errors import ConfigError, DataError
 from foundation.io import atomic_write_text, write_json
-from study.cli import OneLineParser, exit_cli
-from study.config import DEVICES
+from study.cli import OneLineParser, add_option, exit_cli, path_type
+from study.config import DEVICES, TrainConfig
 from study.data import Labels, build_dataset
 from study.data.formats import FORMATS
 from study.data.transforms import denormalize, normalize
 from study.layout import model_slug
-from study.options import is_missing
+from study.options import declaration, is_missing
 from study.summary import results_experiment
 from study.task import load_task
 
@@ -522,13 +522,15 @@ def _findings_section(found: pd.DataFrame, margin: float, seeds: int = 1, grid: 
 
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="python -m analysis.report", description="Write the report's figures and report.md.")
-    parser.add_argument("--experiment", required=True, help="STORAGE/NAME of a study (or a study.run_trial run folder)")
-    parser.add_argument("--data-root", help="dataset root for the test evaluation (default: the study's)")
-    parser.add_argument("--task", metavar="FILE.yaml",
+    parser.add_argument("--experiment", required=True, type=path_type,
+                        help="STORAGE/NAME of a study (or a study.run_trial run folder)")
+    parser.add_argument("--data-root", type=path_type,
+                        help="dataset root for the test evaluation (default: the study's)")
+    parser.add_argument("--task", metavar="FILE.yaml", type=path_type,
                         help="a task file whose root is the data's new place (default: the task the study recorded)")
-    parser.add_argument("--out", help="output folder (default: EXPERIMENT/report)")
+    parser.add_argument("--out", type=path_type, help="output folder (default: EXPERIMENT/report)")
     parser.add_argument("--device", choices=DEVICES, default="auto")
-    parser.add_argument("--cache-dir")
+    add_option(parser, declaration(TrainConfig, "cache_dir"))
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report in --out")
     parser.add_argument("--equivalence-margin", type=float,
                         help="mIoU margin of the equivalence claim in the findings (default: the study's, else 0.01)")

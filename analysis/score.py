@@ -28,7 +28,7 @@ from torchvision.transforms.v2 import functional as TF
 from foundation.errors import ConfigError
 from foundation.io import load_checkpoint, write_json
 from segmodels import SegModel, build_model
-from study.cli import OneLineParser, add_option, exit_cli
+from study.cli import OneLineParser, add_option, exit_cli, path_type
 from study.config import DATASETS, DEVICES, SPLITS, TrainConfig
 from study.data import Labels, SegDataset, build_dataset
 from study.data.formats import open_source
@@ -274,21 +274,28 @@ def write_test_figures(result: dict, roc: dict, data: SegDataset, examples: list
     ]
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> OneLineParser:
     parser = OneLineParser(prog="python -m analysis.score", description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="a best.pt (study.run_trial) or checkpoint.pt (study.run)")
-    parser.add_argument("--task", metavar="FILE.yaml", help="the task file naming the dataset and its root")
+    parser.add_argument("--checkpoint", required=True, type=path_type,
+                        help="a best.pt (study.run_trial) or checkpoint.pt (study.run)")
+    parser.add_argument("--task", metavar="FILE.yaml", type=path_type,
+                        help="the task file naming the dataset and its root")
     parser.add_argument("--dataset", choices=DATASETS, help="dataset format (or --task)")
-    parser.add_argument("--data-root", help="the dataset's root (or --task)")
+    parser.add_argument("--data-root", type=path_type, help="the dataset's root (or --task)")
     parser.add_argument("--split", choices=SPLITS, default="test")
-    parser.add_argument("--out", required=True, help="folder for metrics.json and the figures")
+    parser.add_argument("--out", required=True, type=path_type, help="folder for metrics.json and the figures")
     parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--batch-size", type=int, default=64)
     add_option(parser, declaration(TrainConfig, "cache_dir"))
     parser.add_argument("--no-figures", action="store_true")
     add_option(parser, declaration(TrainConfig, "eval_at"), shown="the checkpoint's")
-    parser.add_argument("--save-predictions", metavar="DIR",
+    parser.add_argument("--save-predictions", metavar="DIR", type=path_type,
                         help="write each image's predicted mask here (indexed PNG, the image's stem, its label's size)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     task = load_task(args.task) if args.task else {}
     args.dataset, args.data_root = args.dataset or task.get("dataset"), args.data_root or task.get("data_root")

@@ -49,6 +49,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from benchmarks.throughput import (
     CpuWatch,
     cpu_busy_s,
@@ -59,6 +61,7 @@ from benchmarks.throughput import (
     wait_for_quiet,
     write_json,
 )
+from study.space import load_preset
 
 log = logging.getLogger("benchmarks.study_overhead")
 
@@ -182,7 +185,10 @@ def measure(prepared: dict[str, Any], folder: Path, variant: str = "tune", num_s
             wait_max_s: float = 600.0) -> dict[str, Any]:
     runner, extra_env = VARIANTS[variant]
     name = f"overhead-{variant}-{time.time_ns()}"
-    args = [sys.executable, "-m", "study.run", "--preset", "demo", "--data-root", prepared["data_root"],
+    space = folder / f"{name}-points.yaml"  # the demo's first warm-start points: a search runs at least its points
+    space.write_text(yaml.safe_dump({"points": load_preset("demo")["points"][:num_samples]}))
+    args = [sys.executable, "-m", "study.run", "--preset", "demo", "--space", str(space),
+            "--data-root", prepared["data_root"],
             "--storage", str(folder / "storage"), "--name", name, "--num-samples", str(num_samples),
             "--epochs", str(epochs), "--max-concurrent", str(max_concurrent), "--image-size", image_size,
             "--cache-dir", prepared["cache_dir"], "--no-report", "--trial-runner", runner,

@@ -10,7 +10,6 @@ The error classes and the atomic write live below, in ``foundation``. This file 
 """
 
 from segmodels.model import (
-    DEFAULT_PRETRAINED,
     ENCODER_FORMAT,
     INITS,
     SegModel,
@@ -21,6 +20,6 @@ from segmodels.model import (
 from segmodels.registry import MODELS, SEGFORMER_VARIANTS, TV_MODELS, check_model, model_spec
 from segmodels.spec import ModelSpec
 
-__all__ = ["DEFAULT_PRETRAINED", "ENCODER_FORMAT", "INITS", "MODELS", "SEGFORMER_VARIANTS", "TV_MODELS",
+__all__ = ["ENCODER_FORMAT", "INITS", "MODELS", "SEGFORMER_VARIANTS", "TV_MODELS",
            "ModelSpec", "SegModel", "build_model", "check_model", "load_encoder", "model_spec",
            "save_encoder"]

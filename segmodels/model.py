@@ -30,8 +30,6 @@ log = logging.getLogger(__name__)
 
 INITS = ("scratch", "finetune", "freeze")
 ENCODER_FORMAT = "segstudy-encoder/1"
-# The aliases' default encoder sources (each entry's ``default_pretrained``), kept for existing callers.
-DEFAULT_PRETRAINED = {"fcn_resnet50": "imagenet", "segformer": "nvidia/mit-{variant}"}
 
 
 class SegModel(nn.Module):

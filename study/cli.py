@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 from foundation.errors import StudyFailed, StudyInterrupted, UsageError
-from study.options import GROUPS, Flag, Kind, declared, flag, size_text
+from study.options import GROUPS, Flag, Kind, LocalPath, declared, flag, size_text
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -118,15 +118,18 @@ def native_stderr_diverted(enabled: bool = True) -> Iterator[str | None]:
             stream.close()
 
 
-def add_options(parser: argparse.ArgumentParser, cls: type, place: str, preset_defaults: bool = False) -> None:
+def add_options(parser: argparse.ArgumentParser, cls: type, place: str,
+                preset_defaults: bool = False) -> dict[str, argparse._ArgumentGroup]:
     """Every option of ``cls`` declared for ``place`` (``run`` or ``trial``), in its help group (``add_option``);
-    the help says the default comes from the preset (``preset_defaults``) for the options a preset may set."""
+    the help says the default comes from the preset (``preset_defaults``) for the options a preset may set.
+    Returns the help groups by name, for a command's own arguments."""
     groups = {name: parser.add_argument_group(name) for name in GROUPS}
     for field in declared(cls):
         meta = field.metadata
         if place in meta["where"]:
             from_preset = preset_defaults and "space" in meta["where"]
             add_option(groups[meta["group"]], field, "from the preset" if from_preset else None)
+    return groups
 
 
 def add_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup, field: dataclasses.Field,
@@ -173,3 +176,9 @@ def _parser(kind: Kind) -> Callable[[str], Any]:
             raise argparse.ArgumentTypeError(f"expected {exc}, got {text!r}") from None
 
     return parse
+
+
+def path_type(text: str) -> str:
+    """argparse's ``type`` of a path option that is no declared field (``--out``, ``--save-predictions``): absolute
+    against the working folder, as a declared path option is (``study.options.LocalPath``)."""
+    return _parser(LocalPath(optional=False))(text)

@@ -15,7 +15,7 @@ from typing import Any
 
 from foundation.errors import ConfigError
 from segmodels import INITS, SEGFORMER_VARIANTS, check_model
-from study.options import Choice, Flag, Kind, Number, Pair, Size, Text, check_fields, declared, names, option
+from study.options import Choice, Flag, Kind, LocalPath, Number, Pair, Size, Text, check_fields, declared, names, option
 from study.options import flag as flag_of
 from study.recipes import RECIPES
 
@@ -150,7 +150,7 @@ class TrainConfig:
     dataset: str = option("pets", "dataset format", "task and data", Choice(DATASETS),
                           where=("run", "trial", "task", "space"))
     data_root: str = option("data", "the dataset's root, e.g. the folder holding oxford-iiit-pet/", "task and data",
-                            Text(optional=False, metavar="DIR"), where=("run", "trial", "task", "space", "resume"),
+                            LocalPath(optional=False, metavar="DIR"), where=("run", "trial", "task", "space", "resume"),
                             task_key="root")
     classes: list[str] | None = option(None, "class names, in label order", "task and data", ClassNames(),
                                        where=("task",))
@@ -169,7 +169,8 @@ class TrainConfig:
     precision: str = option("auto", "autocast dtype (auto: bf16 on CPUs with native bf16, fp32 elsewhere)", "speed",
                             Choice(PRECISIONS))
     cache_dir: str | None = option(None, "decoded-data cache folder (default: $SEGSTUDY_CACHE or "
-                                         "~/.cache/segstudy)", "storage and resume", Text(metavar="DIR"), where=SPEED)
+                                         "~/.cache/segstudy)", "storage and resume", LocalPath(metavar="DIR"),
+                                   where=SPEED)
     data_placement: str = option("auto", "where the splits live while training: device, host (streamed to the GPU "
                                          "batch by batch) or auto (device when they fit half the free GPU memory)",
                                  "speed", Choice(DATA_PLACEMENTS), where=SPEED)

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from foundation.errors import ConfigError
+from foundation.storage import is_remote
 
 # The CLI's help groups, in the order ``--help`` shows them.
 GROUPS = ("task and data", "model", "recipe", "search", "resources", "storage and resume", "speed", "views")
@@ -119,6 +121,20 @@ class Text(Kind):
         if not isinstance(value, str) or not value:
             raise ValueError(self.expected)
         return value
+
+
+class LocalPath(Text):
+    """A path option: a local path is made absolute against the working folder where it is read, whichever layer
+    gave it (default, preset, file or command line), since Ray's workers and a resumed study run elsewhere; a
+    ``scheme://`` URI is kept as it is."""
+
+    def check(self, value: Any) -> Any:
+        value = super().check(value)
+        if not value or is_remote(value):
+            return value
+        return os.path.abspath(os.path.expanduser(value))
+
+    parse = check
 
 
 class Size(Kind):

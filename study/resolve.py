@@ -41,7 +41,7 @@ def resolve(cli: dict[str, Any], preset: str | None = None, space_file: str | No
     values = apply_recipe(values, parse_image_size(values.get("image_size", StudySettings.image_size)))
     if cli.get("resume"):
         values = _recorded_over(values, cli)
-    return StudySettings(**_absolute(values))
+    return StudySettings(**values)
 
 
 def _recorded_over(values: dict[str, Any], cli: dict[str, Any]) -> dict[str, Any]:
@@ -82,12 +82,3 @@ def recorded_settings(experiment_dir: str) -> dict[str, Any]:
 
 def _comparable(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
-
-
-def _absolute(values: dict[str, Any]) -> dict[str, Any]:
-    """Local paths made absolute: Ray's workers run elsewhere."""
-    out = dict(values)
-    for key in ("data_root", "storage", "cache_dir", "autoscaler_config", "task"):
-        if out.get(key) and not storage.is_remote(out[key]):
-            out[key] = str(Path(out[key]).resolve())
-    return out

@@ -23,13 +23,11 @@ from study.space import PRESET_KEYS, to_text
 def settings_from_args(argv: list[str] | None) -> StudySettings:
     parser = OneLineParser(prog="python -m study.run", description="Run a segmentation hyperparameter study on Ray. "
                            "Settings resolve as defaults < preset < --space file < --task file < these options.")
-    add_options(parser, StudySettings, "run", preset_defaults=True)
-    search = next(g for g in parser._action_groups if g.title == "search")
-    search.add_argument("--space", dest="space_file", metavar="FILE.yaml",
+    groups = add_options(parser, StudySettings, "run", preset_defaults=True)
+    groups["search"].add_argument("--space", dest="space_file", metavar="FILE.yaml",
                         help="a search-space file in the presets' grammar (study/space.py): each key it gives "
                              "replaces the preset's (default: none)")
-    views = next(g for g in parser._action_groups if g.title == "views")
-    views.add_argument("--print-space", action="store_true",
+    groups["views"].add_argument("--print-space", action="store_true",
                        help="print the resolved space and the trial count, then exit (starts no Ray)")
     args = parser.parse_args(argv)
     cli = given(args, StudySettings, "run")

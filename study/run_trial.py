@@ -7,6 +7,7 @@ An ``OUT`` that already holds a run is refused unless ``--resume`` continues it.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import logging
@@ -15,7 +16,7 @@ from typing import Any
 
 from foundation.errors import ConfigError
 from foundation.io import atomic_torch_save, load_checkpoint, write_csv, write_json
-from study.cli import OneLineParser, add_options, exit_cli, given
+from study.cli import OneLineParser, add_options, exit_cli, given, path_type
 from study.config import TrainConfig, parse_image_size
 from study.loop import METRIC_COLUMNS, TrainResult, ValidationEvent, train
 from study.options import names
@@ -81,12 +82,12 @@ def run_local(cfg: TrainConfig, out: str | Path, resume: bool = False, progress:
     return result
 
 
-def add_trial_options(parser: OneLineParser) -> None:
+def add_trial_options(parser: OneLineParser) -> dict[str, argparse._ArgumentGroup]:
     """The options that define a trial (``TrainConfig``'s, and ``--task``), grouped, with their defaults."""
-    add_options(parser, StudySettings, "trial")
-    data = next(g for g in parser._action_groups if g.title == "task and data")
-    data.add_argument("--download", action="store_true",
-                        help="download Oxford-IIIT Pet if missing (needs internet; default: off)")
+    groups = add_options(parser, StudySettings, "trial")
+    groups["task and data"].add_argument("--download", action="store_true",
+                                         help="download Oxford-IIIT Pet if missing (needs internet; default: off)")
+    return groups
 
 
 def config_from_args(args: Any) -> TrainConfig:
@@ -97,19 +98,27 @@ def config_from_args(args: Any) -> TrainConfig:
     return TrainConfig(**apply_recipe(values, parse_image_size(values.get("image_size", TrainConfig.image_size))))
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> OneLineParser:
     parser = OneLineParser(prog="python -m study.run_trial",
                            description="Train one segmentation trial locally (no Ray).")
-    add_trial_options(parser)
-    run = next(g for g in parser._action_groups if g.title == "storage and resume")
-    run.add_argument("--out", default=None, help="run folder (default: runs/DATASET-MODEL-INIT-seedSEED)")
+    groups = add_trial_options(parser)
+    run = groups["storage and resume"]
+    run.add_argument("--out", default=None, type=path_type,
+                     help="run folder (default: runs/DATASET-MODEL-INIT-seedSEED)")
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
-    views = next(g for g in parser._action_groups if g.title == "views")
-    views.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown)")
-    args = parser.parse_args(argv)
+    groups["views"].add_argument("--no-progress", action="store_true", help="no progress bar (default: shown)")
+    return parser
+
+
+def out_dir(args: argparse.Namespace, cfg: TrainConfig) -> str:
+    """``--out``, else ``runs/DATASET-MODEL-INIT-seedSEED``; absolute either way."""
+    return args.out or path_type(f"runs/{cfg.dataset}-{cfg.model}-{cfg.init}-seed{cfg.seed}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     cfg = config_from_args(args)
-    out = args.out or f"runs/{cfg.dataset}-{cfg.model}-{cfg.init}-seed{cfg.seed}"
-    run_local(cfg, out, resume=args.resume, progress=not args.no_progress, download=args.download)
+    run_local(cfg, out_dir(args, cfg), resume=args.resume, progress=not args.no_progress, download=args.download)
     return 0
 
 

@@ -26,7 +26,6 @@ from torch.optim.lr_scheduler import (
 from segmodels.groups import param_groups
 
 SCHEDULES = ("exponential", "poly", "cosine")
-PER_ITERATION = {"exponential": False, "poly": True, "cosine": True}
 
 
 def check_schedule(name: str, total_iters: int, warmup_iters: int = 0, warmup_ratio: float = 1e-6,

@@ -24,7 +24,7 @@ from study.config import (
 )
 from study.constraints import BEFORE_TRAINING
 from study.layout import CONFIRM_DIR
-from study.options import Choice, Flag, Kind, Number, Text, option
+from study.options import Choice, Flag, Kind, LocalPath, Number, Text, option
 from study.samplers import SAMPLERS
 
 log = logging.getLogger(__name__)
@@ -121,12 +121,12 @@ class StudySettings(TrainConfig):
                        "storage and resume", Text(metavar="NAME", expected="a plain folder name"),
                        where=("run",))
     storage: str = option("results", "results folder, shared filesystem or s3:// URI", "storage and resume",
-                          Text(optional=False, metavar="URI"), where=("run",))
+                          LocalPath(optional=False, metavar="URI"), where=("run",))
     toy: bool = option(False, "write toy data into --data-root when it is missing", "task and data", Flag(),
                        where=("space",))
     task: str | None = option(None, "the task file (docs/tasks.md): the dataset, its classes and labels; options "
                                     "given here override it",
-                              "task and data", Text(metavar="FILE.yaml"), where=("run", "trial"))
+                              "task and data", LocalPath(metavar="FILE.yaml"), where=("run", "trial"))
     repeats: int = option(1, "seeds per configuration (SEED, SEED+1, ...): the report preset's grid, or a search's "
                              "confirm stage", "search", Number(int, 1), where=("run",))
     confirm_top: int = option(0, "after a search, rerun its K best distinct configurations with --repeats seeds to "
@@ -161,7 +161,7 @@ class StudySettings(TrainConfig):
                                           where=RUN)
     autoscaler_config: str | None = option(None, "the cluster launcher config the autoscaler runs with (default: "
                                                  "the running autoscaler's, or ~/ray_bootstrap_config.yaml)",
-                                           "resources", Text(metavar="FILE"), where=RUN)
+                                           "resources", LocalPath(metavar="FILE"), where=RUN)
     pretrained_segformer: str | None = option(None, f"SegFormer encoder source, a file (skips the Cityscapes "
                                                     f"stage) or {STUDY_STAGE} (the default: the study's own "
                                                     "Cityscapes stage)", "model", Text(metavar="SOURCE"),

@@ -95,21 +95,41 @@ def trial_runner(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
-def demo_study(ray_cluster: str, small_toy_root: Path, cache_dir: Path,
-               tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo preset run as a user runs it (``python -m study.run``, default console), on the session's Ray,
-    on the third-size toy data (what the tests read from it does not depend on how much a trial learns; the
-    full toy set is 80 s slower here). Its console output is kept in ``console.txt`` beside the experiment.
+def demo_folder(tmp_path_factory: pytest.TempPathFactory, small_toy_root: Path) -> Path:
+    """A user's working folder for the demo, not the repository: ``data/toy`` is the third-size toy data (what the
+    tests read from the demo does not depend on how much a trial learns; the full toy set is 80 s slower here),
+    and the study writes to ``results/``, the default storage."""
+    folder = tmp_path_factory.mktemp("demo-folder")
+    (folder / "data").mkdir()
+    (folder / "data" / "toy").symlink_to(small_toy_root)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def demo_study(ray_cluster: str, demo_folder: Path, cache_dir: Path) -> Path:
+    """The demo preset run as a user runs it: ``python -m study.run --preset demo`` from a working folder that is
+    not the repository, with the shipped defaults (its data root ``data/toy``, no ``--storage``), the default
+    console, on the session's Ray. Its console output is kept in ``console.txt`` beside the experiment.
     W&B is tested in test_secrets.py: its per-trial logging actors would double this study's time on 2 CPUs."""
-    storage = tmp_path_factory.mktemp("storage")
     env = {**os.environ, "RAY_ADDRESS": ray_cluster, "WANDB_MODE": "offline",
            "WANDB_API_KEY": FAKE_WANDB_KEY}  # planted: no file the study writes may contain it
-    args = [sys.executable, "-m", "study.run", "--preset", "demo", "--data-root", str(small_toy_root), "--storage",
-            str(storage), "--name", "demo", "--no-report"]
-    done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    (storage / "console.txt").write_text(done.stdout + done.stderr)
+    args = [sys.executable, "-m", "study.run", "--preset", "demo", "--name", "demo", "--no-report"]
+    done = subprocess.run(args, cwd=demo_folder, env=env, capture_output=True, text=True, timeout=900)
+    (demo_folder / "results" / "console.txt").parent.mkdir(exist_ok=True)
+    (demo_folder / "results" / "console.txt").write_text(done.stdout + done.stderr)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-    return storage / "demo"
+    return demo_folder / "results" / "demo"
+
+
+@pytest.fixture(scope="session")
+def demo_report(demo_study: Path, demo_folder: Path) -> Path:
+    """The README's report command, as printed (its ``test=in-demo-folder`` block), run in the demo's folder."""
+    from doc_commands import blocks
+    from test_docs_commands import run_block
+
+    (block,) = [b for b in blocks() if b.marker == "in-demo-folder"]
+    run_block(block, demo_folder)
+    return demo_study / "report"
 
 
 def first_points(folder: Path, count: int) -> list[str]:

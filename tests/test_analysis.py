@@ -19,12 +19,6 @@ from analysis.score import load_model, roc_curves
 from study.metrics import SegMetric
 
 
-@pytest.fixture(scope="module")
-def demo_report(demo_study: Path, small_toy_root: Path, cache_dir: Path) -> Path:
-    report.write_report(demo_study, small_toy_root, demo_study / "report", cache_dir=str(cache_dir))
-    return demo_study / "report"
-
-
 def test_loading_gives_a_row_per_trial_per_validation(demo_study: Path) -> None:
     df = load_experiment(demo_study)
     summary = pd.read_csv(demo_study / "summary.csv")

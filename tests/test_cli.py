@@ -117,3 +117,36 @@ def test_wandb_offline_needs_no_key(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     callback, = wandb_callbacks(StudySettings(wandb=True, storage=str(tmp_path), name="w"))
     callback.setup()
     assert callback.kwargs["mode"] == "offline"
+
+
+def test_every_path_option_is_absolute_from_each_commands_bare_defaults(tmp_path: Path, monkeypatch) -> None:
+    """Issue 34: a default (``results``, ``data``) is made absolute like a given value, on every command: Ray
+    Train's storage refuses a relative path, and Ray's workers and a resumed study run in other folders."""
+    import os
+
+    from study.options import LocalPath, declared
+    from study.run import settings_from_args
+    from study.settings import StudySettings
+
+    monkeypatch.chdir(tmp_path)
+    declared_paths = [f.name for f in declared(StudySettings) if isinstance(f.metadata["kind"], LocalPath)]
+    assert set(declared_paths) == {"storage", "data_root", "cache_dir", "task", "autoscaler_config"}
+    bare = settings_from_args([])
+    assert bare.storage == str(tmp_path / "results") and bare.experiment_dir == str(tmp_path / "results" / "demo")
+    assert bare.data_root == str(tmp_path / "data" / "toy")  # the demo preset's, as the preset spells it
+    assert all(getattr(bare, name) is None or os.path.isabs(getattr(bare, name)) for name in declared_paths)
+    (tmp_path / "cluster.yaml").write_text("cluster_name: x\n")
+    given = settings_from_args(["--storage", "out", "--data-root", "d", "--cache-dir", "~/c",
+                                "--autoscaler-config", "cluster.yaml", "--storage", "s3://bucket/r"])
+    assert given.storage == "s3://bucket/r"  # a URI is kept
+    assert (given.data_root, given.autoscaler_config) == (str(tmp_path / "d"), str(tmp_path / "cluster.yaml"))
+    assert given.cache_dir == os.path.expanduser("~/c")
+
+    args = run_trial.build_parser().parse_args([])
+    cfg = run_trial.config_from_args(args)
+    assert cfg.data_root == str(tmp_path / "data")
+    assert run_trial.out_dir(args, cfg) == str(tmp_path / "runs" / "pets-segformer-scratch-seed0")
+    args = score.build_parser().parse_args(["--checkpoint", "b.pt", "--data-root", "d", "--out", "o",
+                                            "--save-predictions", "p", "--cache-dir", "c"])
+    assert [args.checkpoint, args.data_root, args.out, args.save_predictions, args.cache_dir] == [
+        str(tmp_path / name) for name in ("b.pt", "d", "o", "p", "c")]

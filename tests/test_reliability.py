@@ -133,11 +133,11 @@ def test_many_early_stops_finish_without_deadlock(ray_cluster: str, toy_root: Pa
     summary = orchestrate.run_study(settings)
     assert len(summary) == trials and (summary["status"] == "done").all()
     assert summary["stopped_early"].sum() >= min_stopped, summary
-    leftover = [pg for pg in list_placement_groups(detail=True) if pg.state != "REMOVED"]
+    leftover = [pg for pg in list_placement_groups(address=ray_cluster, detail=True) if pg.state != "REMOVED"]
     deadline = time.monotonic() + 60  # the cleaner removes them asynchronously
     while leftover and time.monotonic() < deadline:
         time.sleep(1)
-        leftover = [pg for pg in list_placement_groups(detail=True) if pg.state != "REMOVED"]
+        leftover = [pg for pg in list_placement_groups(address=ray_cluster, detail=True) if pg.state != "REMOVED"]
     assert not leftover, leftover
 
 

@@ -62,6 +62,15 @@ def assert_quiet_console(output: str, budget: int = 80) -> None:
     assert len(lines) < budget, f"{len(lines)} lines:\n" + "\n".join(lines)
 
 
+def test_the_demo_ran_from_a_users_folder_with_the_shipped_defaults(demo_study: Path, demo_folder: Path) -> None:
+    """Issue 34: no --storage, no --data-root, not the repository: the defaults resolve against the working folder
+    and the record stores them absolute."""
+    assert demo_study == demo_folder / "results" / "demo" and (demo_study / "summary.csv").is_file()
+    record = json.loads((demo_study / "study.json").read_text())
+    assert record["storage"] == str(demo_folder / "results") and record["data_root"] == str(demo_folder / "data/toy")
+    assert record["cache_dir"] is None and record["task"] is None  # neither given: the default cache, no task
+
+
 def test_the_demo_console_is_short_and_free_of_ray_internals(demo_study: Path) -> None:
     """The demo (with its Cityscapes stage on Ray Train) prints stages, trial lines and the table only."""
     output = (demo_study.parent / "console.txt").read_text()
