@@ -19,6 +19,7 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from analysis.findings import curve_bands  # noqa: E402
 from analysis.load import STRATEGY_COLOURS, STRATEGY_ORDER, model_label  # noqa: E402
+from study.summary import in_creation_order  # noqa: E402
 
 PANELS = (("train_loss", "train/loss"), ("train_miou", "train/mIoU"), ("val_loss", "val/loss"),
           ("val_miou", "val/mIoU"))
@@ -306,8 +307,8 @@ def hyperparameter_scatter(table: pd.DataFrame, stem: Path, keys: list[str]) -> 
 
 
 def asha_stops(table: pd.DataFrame, max_epochs: int, rungs: list[int], stem: Path) -> Path:
-    """Epochs each trial reached, in trial order, with the scheduler's rungs."""
-    table = table.sort_values("trial_id").reset_index(drop=True)
+    """Epochs each trial reached, in the order the trials were created, with the scheduler's rungs."""
+    table = in_creation_order(table).reset_index(drop=True)
     colours = [STRATEGY_COLOURS.get(s, "grey") for s in table["strategy"]]
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(table) + 1.5))
     # The recorded fate (study.fates): a trial that neither completed nor was stopped by ASHA says how it ended.

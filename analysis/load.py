@@ -18,7 +18,15 @@ from foundation import storage
 from foundation.errors import DataError
 from study.layout import CHECKPOINT_FILE, STUDY_FILE, best_trial_checkpoint
 from study.options import is_missing
-from study.summary import add_cost, load_history, results_experiment, searched_columns, summary_table, trial_ids
+from study.summary import (
+    add_cost,
+    load_history,
+    results_experiment,
+    searched_columns,
+    summary_table,
+    trial_ids,
+)
+from study.summary import searched_keys as recorded_keys
 
 STRATEGY_ORDER = ("scratch", "fine-tune", "fine-tune lr/2", "freeze")
 STRATEGY_COLOURS = {"scratch": "tab:orange", "fine-tune": "tab:blue", "fine-tune lr/2": "tab:green",
@@ -157,28 +165,12 @@ def best_configuration(trials: pd.DataFrame, keys: list[str]) -> list[str]:
 
 
 def searched_keys(settings: dict, table: pd.DataFrame) -> list[str]:
-    """The keys a study searched, as it recorded them: those of ``study.json``'s ``space`` that take more than one
-    value, then those its ``points`` give, that ``table`` has a value of; a study that recorded neither: the
-    summary's searched columns (``configuration_keys``) with a value."""
-    space, points = settings.get("space") or {}, settings.get("points") or []
-    recorded = [k for k, entry in space.items() if not _fixed(entry)] + [k for p in points for k in p]
-    keys = list(dict.fromkeys(recorded)) if recorded else configuration_keys(table)
+    """The keys a study searched (``study.summary.searched_keys`` of its recorded ``space`` and ``points``) that
+    ``table`` has a value of; a record with neither (a ``study.run_trial`` run): the summary's searched columns
+    (``configuration_keys``) with a value."""
+    recorded = settings.get("space") or settings.get("points")
+    keys = recorded_keys(settings) if recorded else configuration_keys(table)
     return [k for k in keys if k in table.columns and table[k].notna().any()]
-
-
-def _fixed(entry: object) -> bool:
-    """A space entry that takes one value: a bare value, or a choice or grid of one (in memory's form
-    ``["choice", [...]]`` or the file's ``{"choice": [...]}``)."""
-    if isinstance(entry, dict) and len(entry) == 1:
-        kind, args = next(iter(entry.items()))
-        args = [args]
-    elif isinstance(entry, (list, tuple)) and entry and isinstance(entry[0], str):
-        kind, args = entry[0], list(entry[1:])
-    else:
-        return True
-    if kind in ("loguniform", "uniform", "randint"):
-        return False
-    return kind not in ("choice", "grid") or not args or not isinstance(args[0], (list, tuple)) or len(args[0]) <= 1
 
 
 def mirror_experiment(uri: str, local: str | Path) -> Path:

@@ -135,33 +135,46 @@ def _pareto_part(table: pd.DataFrame, objectives: dict[str, str], constraints: d
     columns = [pareto.val_column(m) for m in objectives]
     candidates = pareto.configuration_means(table, group_keys(table, keys), columns)
     names = " and ".join(f"{m} ({d})" for m, d in objectives.items())
+    infeasible = "" if tested["feasible"].all() else (" No configuration meets the constraints, so the set is taken "
+                                                       "among all of them and every point breaks one.")
     figures = [(pareto_front_figure(candidates, tested, objectives, out / "pareto_front"),
                 f"The Pareto set of {names}, chosen on val among the completed configurations (each the mean over its "
                 "seeds), then the same configurations on test, with the 95 % CI over seeds; hollow: dominated on "
-                "test."),
+                "test" + (f"; one row per pair of the {len(objectives)} objectives." if len(objectives) > 2 else ".")
+                + infeasible),
                (hypervolume_figure(pareto.hypervolume_curve(table, objectives, constraints), objectives,
                                    out / "hypervolume"),
                 "Hypervolume of the completed trials so far against the trials trained (objectives rescaled to "
                 "[0, 1] over the completed trials; reference point 1.1 in each).")]
-    return figures, pareto_table_lines(tested, objectives, keys, costs)
+    return figures, pareto_table_lines(tested, objectives, keys, costs, constraints)
 
 
 def pareto_table_lines(tested: pd.DataFrame, objectives: dict[str, str], keys: list[str],
-                       costs: tuple[str, ...]) -> list[str]:
-    """The Pareto set as a markdown table: configuration, seeds, val and test mIoU, cost columns, test front."""
+                       costs: tuple[str, ...], constraints: dict | None = None) -> list[str]:
+    """The Pareto set as a markdown table: configuration, seeds, val and test mIoU, cost columns, test front; with
+    ``constraints``, the ones each configuration breaks, said first when no configuration meets them all."""
+    constraints = constraints or {}
     shown = [c for c in dict.fromkeys([*(pareto.val_column(m) for m in objectives if m != "val_miou"), *costs])
              if c in tested.columns and c != "cost_device"]
-    lines = ["## Pareto set", "", f"The {len(tested)} configuration(s) no other completed configuration beats in every "
-             f"objective ({', '.join(f'{m} {d}' for m, d in objectives.items())}), chosen on val means over seeds, "
-             "then tested on test (`pareto_set.csv`). *On test front*: still undominated among them on test.", "",
-             "| configuration | seeds | val mIoU | test mIoU [95 % CI] | " + " | ".join(shown) + " | on test front |",
-             "| --- | ---: | ---: | --- | " + " | ".join("---:" for _ in shown) + " | --- |"]
+    lines = ["## Pareto set", ""]
+    if constraints and not tested["feasible"].all():
+        words = " and ".join(pareto.bound_text(m, b) for m, b in constraints.items())
+        lines += [f"**No completed configuration meets the constraints ({words}).** The set below is taken among "
+                  "all of them, as if there were none: every configuration in it breaks a constraint, named in its "
+                  "*breaks* column.", ""]
+    lines += [f"The {len(tested)} configuration(s) no other completed configuration beats in every "
+              f"objective ({', '.join(f'{m} {d}' for m, d in objectives.items())}), chosen on val means over seeds, "
+              "then tested on test (`pareto_set.csv`). *On test front*: still undominated among them on test.", "",
+              "| configuration | seeds | val mIoU | test mIoU [95 % CI] | " + "".join(f"{c} | " for c in shown)
+              + "on test front |" + (" breaks |" if constraints else ""),
+              "| --- | ---: | ---: | --- | " + "---: | " * len(shown) + "--- |" + (" --- |" if constraints else "")]
     for _, row in tested.iterrows():
         ci = "" if math.isnan(row["test_ci_low"]) else f" [{row['test_ci_low']:.4f}, {row['test_ci_high']:.4f}]"
         test = "—" if math.isnan(row["test_miou"]) else f"{row['test_miou']:.4f}{ci}"
-        cells = " | ".join(value_text(row[c]) for c in shown)
+        cells = "".join(f"{value_text(row[c])} | " for c in shown)
+        breaks = f" {'; '.join(pareto.broken(row, constraints)) or '—'} |" if constraints else ""
         lines.append(f"| {configuration_label(row, keys)} | {row['seeds']} | {row['best_val_miou']:.4f} | {test} | "
-                     f"{cells} | {'yes' if row['on_test_front'] else 'no'} |")
+                     f"{cells}{'yes' if row['on_test_front'] else 'no'} |{breaks}")
     return lines + [""]
 
 

@@ -19,12 +19,13 @@ What is chosen, and why:
   ``on_test_front`` says whether it is still non-dominated among the val front once val mIoU is replaced by
   test mIoU: a point the val choice flattered drops off.
 
-Hypervolume: each objective is rescaled to [0, 1] over the completed feasible trials (best 0, worst 1, as
-losses) and the reference point is 1.1 in every objective, so the extreme points count and the value is
-unitless (at most 1.1 ** d). It is computed by Optuna's exact algorithm (``optuna._hypervolume``: a 2-D sweep,
-WFG beyond), so more than two objectives are exact as well. Against trials, the x axis counts the trials
-trained, in the order Tune created them (their ids); each step is the hypervolume of the completed feasible
-trials so far, one point per trial rather than per configuration, because it measures what the search found.
+Hypervolume: each objective is rescaled to [0, 1] over the completed feasible trials (best 0, worst 1, as losses)
+and the reference point is 1.1 in every objective, so the extreme points count and the value is unitless (at most
+1.1 ** d). It is computed by Optuna's exact algorithm (``optuna._hypervolume``: a 2-D sweep, WFG beyond), so more
+than two objectives are exact as well. Against trials, the x axis counts the trials trained, in the order Tune
+created them (``study.summary.creation_numbers``: Ray's ids are random); each step is the hypervolume of the
+completed feasible trials so far, one point per trial rather than per configuration, because it measures what the
+search found.
 """
 
 from __future__ import annotations
@@ -35,13 +36,13 @@ import pandas as pd
 from analysis.findings import mean_ci
 from analysis.load import completed
 from study.pareto import losses, non_dominated
+from study.summary import in_creation_order
 
 INFEASIBLE = "infeasible"  # the fate of a configuration refused on its measured cost before training
 VAL_COLUMNS = {"val_miou": "best_val_miou"}  # an objective's column in summary.csv, where the name differs
 TEST_COLUMNS = {"val_miou": "test_miou"}  # the same objective measured on the test split
 DIRECTIONS = ("max", "min")
 REFERENCE = 1.1  # the hypervolume's reference point in each rescaled objective
-PARETO_COLUMNS = ("seeds", "trial_ids", "feasible")
 
 
 def objectives_of(settings: dict) -> dict[str, str]:
@@ -150,7 +151,7 @@ def hypervolume_curve(table: pd.DataFrame, objectives: dict[str, str],
                       constraints: dict[str, dict[str, float]] | None = None) -> pd.DataFrame:
     """Per trial trained, in creation order: ``trial`` (1, 2, ...), ``trial_id`` and ``hypervolume`` of the
     completed feasible trials up to it, on objectives rescaled over all of them (see module)."""
-    trained = table[table["stop_reason"] != INFEASIBLE].sort_values("trial_id").reset_index(drop=True)
+    trained = in_creation_order(table[table["stop_reason"] != INFEASIBLE]).reset_index(drop=True)
     columns = {m: val_column(m) for m in objectives}
     scored = completed(trained)
     scored = scored[satisfies(scored, constraints or {})]
@@ -160,6 +161,13 @@ def hypervolume_curve(table: pd.DataFrame, objectives: dict[str, str],
     reference = np.full(len(objectives), REFERENCE)
     curve = [hypervolume(scaled.loc[scaled.index <= k].to_numpy(), reference) for k in trained.index]
     return pd.DataFrame({"trial": trained.index + 1, "trial_id": trained["trial_id"], "hypervolume": curve})
+
+
+def broken(row: pd.Series, constraints: dict[str, dict[str, float]]) -> list[str]:
+    """The constraints (as ``bound_text`` words) one configuration's values break; a missing value breaks its own."""
+    frame = row.to_frame().T
+    return [bound_text(metric, bound) for metric, bound in constraints.items()
+            if not satisfies(frame, {metric: bound}).iloc[0]]
 
 
 def best_under_constraints(table: pd.DataFrame, keys: list[str], constraints: dict[str, dict[str, float]],

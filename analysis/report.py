@@ -14,6 +14,7 @@ constraints in ``study.json`` the Pareto set chosen on val and tested on test (`
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import tempfile
@@ -54,10 +55,11 @@ from foundation import storage
 from foundation.errors import ConfigError, DataError
 from foundation.io import atomic_write_text, write_json
 from study.cli import OneLineParser, add_option, exit_cli, path_type
-from study.config import DEVICES, TrainConfig
-from study.data import Labels, build_dataset
-from study.data.formats import FORMATS
-from study.data.transforms import denormalize, normalize
+from study.config import DEVICES, TrainConfig, parse_image_size
+from study.data import Labels
+from study.data.cache import build
+from study.data.formats import FORMATS, open_source
+from study.data.sources import IGNORE_INDEX
 from study.layout import model_slug
 from study.options import declaration, is_missing
 from study.summary import results_experiment
@@ -65,11 +67,11 @@ from study.task import load_task
 
 log = logging.getLogger(__name__)
 
-SAMPLE_SIZES = {"pets": "128", "cityscapes": "128x256"}
+SAMPLE_SIZE = 128  # a record without an image size (none has had one since the first)
 FINDINGS_FILE = "findings.csv"
 WHICH_MODEL_FILE = "which_model.csv"
 PER_CLASS_FILE = "per_class_iou.csv"
-TEST_SUMMARY_COLUMNS = ("model", "strategy", "lr", "gamma", "seeds", "test_miou_mean", "ci_low", "ci_high")
+TEST_SCORES = ("seeds", "test_miou_mean", "ci_low", "ci_high")  # test_summary.csv: model, strategy, the searched keys
 
 
 def _lr_suffix(strategy: str) -> str:
@@ -123,14 +125,14 @@ def _write_report(experiment: Path, data_root: str | Path | None, out: Path, cac
     figures: list[tuple[Path, str]] = []
     notes: list[str] = []
 
-    figures += _sample_figures(settings, dataset, data_root, cache_dir, out, notes)
+    figures += _sample_figures(settings, dataset, data_root, out, notes)
     configurations = {model: chosen for model in sorted(set(df["model"].dropna()))
                       if (chosen := best_configuration_trials(df, model))}
     figures += _curve_figures(df, table, configurations, out, notes)
     table["test_miou"] = math.nan  # Figs 6-9: each seed of each strategy's best configuration on the test split
     keys = searched_keys(settings, table)
     scoring = dict(dataset=dataset, data_root=data_root, device=device, cache_dir=cache_dir)
-    test_summary, figured = _score_configurations(table, configurations, out, figures, notes, scoring)
+    test_summary, figured = _score_configurations(table, configurations, out, figures, notes, scoring, keys)
     test_summary.to_csv(out / "test_summary.csv", index=False)
     per_class = per_class_table(figured)
     per_class.to_csv(out / PER_CLASS_FILE, index=False)
@@ -161,26 +163,42 @@ def _write_report(experiment: Path, data_root: str | Path | None, out: Path, cac
     return out / "report.md"
 
 
-def _sample_figures(settings: dict, dataset: str, data_root: str | Path, cache_dir: str | None, out: Path,
+def _sample_figures(settings: dict, dataset: str, data_root: str | Path, out: Path,
                     notes: list[str]) -> list[tuple[Path, str]]:
-    """Figs 1-2: four training images of the study's task and of the encoders' pretraining, beside their masks."""
+    """Figs 1-2: four training images of the study's task, and of its own pretraining stage's task when it had one
+    (``pretrain`` in study.json), beside their masks; only those four are decoded, at the size the study trained
+    them at."""
+    stages = [(dataset, data_root, Labels.of(settings), settings.get("image_size"), f"samples_{dataset}")]
+    stage = settings.get("pretrain") or {}
+    if stage.get("dataset") and (stage["dataset"], stage.get("data_root", data_root)) != (dataset, data_root):
+        stem = f"samples_{stage['dataset']}" if stage["dataset"] != dataset else f"samples_pretrain_{dataset}"
+        stages.append((stage["dataset"], stage.get("data_root", data_root), Labels.of(stage), stage.get("image_size"),
+                       stem))
     figures = []
-    task_labels = Labels(tuple(settings["classes"]) if settings.get("classes") else None,  # as study.json has them
-                         settings.get("ignore_index", 255), settings.get("reduce_zero_label"))
-    for name in dict.fromkeys((dataset, "cityscapes")):  # Figs 1-2: the study's task, and the encoders' pretraining
+    for name, root, labels, size, stem in stages:
         try:
-            data = build_dataset(name, "train", data_root, SAMPLE_SIZES.get(name, "128"), cache_dir=cache_dir,
-                                 labels=task_labels if name == dataset else Labels())
+            data = training_samples(name, root, labels, size or SAMPLE_SIZE)
         except DataError as exc:
             notes.append(f"No {name} samples: {exc}")
             continue
-        pick = sorted(np.random.default_rng(0).choice(len(data), size=min(4, len(data)), replace=False).tolist())
-        images = (denormalize(normalize(data.images[pick])).permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)
-        figures.append((fig.dataset_samples(images, data.masks[pick].numpy(), [data.files[i] for i in pick],
-                                            data.class_names, f"4 random {name} training images and labels",
-                                            out / f"samples_{name}", ignore_index=data.ignore_index),
+        images = data["images"].permute(0, 2, 3, 1).numpy()
+        figures.append((fig.dataset_samples(images, data["masks"].numpy(), data["files"], data["class_names"],
+                                            f"4 random {name} training images and labels", out / stem,
+                                            ignore_index=IGNORE_INDEX),
                         f"Four random {name} training images beside their label masks."))
     return figures
+
+
+def training_samples(name: str, root: str | Path, labels: Labels, size: object, count: int = 4) -> dict:
+    """``count`` random (seeded) training pairs of ``name`` under ``root``, decoded and resized to ``size`` alone,
+    not the whole split: {"images": uint8 N,3,H,W, "masks", "files", "class_names"}."""
+    source = open_source(name, "train", root, labels=labels)
+    pick = sorted(np.random.default_rng(0).choice(len(source.indices), size=min(count, len(source.indices)),
+                                                  replace=False).tolist())
+    chosen = dataclasses.replace(source, indices=[source.indices[k] for k in pick],
+                                 image_files=[source.image_files[k] for k in pick],
+                                 label_files=[source.label_files[k] for k in pick])
+    return {**build(chosen, parse_image_size(size)), "class_names": source.class_names}
 
 
 def _curve_figures(df: pd.DataFrame, table: pd.DataFrame, configurations: dict, out: Path,
@@ -195,7 +213,7 @@ def _curve_figures(df: pd.DataFrame, table: pd.DataFrame, configurations: dict, 
         ids = [trial_id for trial_ids in chosen.values() for trial_id in trial_ids]
         figures.append((fig.training_curves(df[df["trial_id"].isin(ids)],
                                             f"{model_label(model)}: training metrics per strategy",
-                                            out / f"curves_{model}"),
+                                            out / f"curves_{model_slug(model)}"),
                         f"{model_label(model)}: loss and mIoU per epoch for the best configuration of "
                         f"each strategy ({_runs(chosen.values())})."))
 
@@ -217,9 +235,11 @@ def _curve_figures(df: pd.DataFrame, table: pd.DataFrame, configurations: dict, 
 
 
 def _score_configurations(table: pd.DataFrame, configurations: dict, out: Path, figures: list, notes: list[str],
-                          scoring: dict) -> tuple[pd.DataFrame, dict[str, dict]]:
+                          scoring: dict, keys: list[str]) -> tuple[pd.DataFrame, dict[str, dict]]:
     """Every seed of each strategy's best configuration on the test split (``table``'s ``test_miou``), the
-    figures of its first seed; returns the test summary and the metrics of the checkpoints the figures show."""
+    figures of its first seed; returns the test summary (model, strategy, each searched key of ``keys`` but model
+    and init, which the strategy names, then ``TEST_SCORES``) and the metrics of the checkpoints the figures show."""
+    shown = [k for k in keys if k not in ("model", "init")]
     test_rows = []
     figured: dict[str, dict] = {}  # label -> metrics of the checkpoint whose figures the report shows
     for model, chosen in configurations.items():
@@ -235,10 +255,9 @@ def _score_configurations(table: pd.DataFrame, configurations: dict, out: Path, 
                     figured[label] = result
             evaluated = table.loc[table["trial_id"].isin(trial_ids), "test_miou"].dropna().to_numpy()
             mean, low, high = mean_ci(evaluated)
-            test_rows.append({"model": model, "strategy": strategy, "lr": runs.iloc[0].get("lr", math.nan),
-                              "gamma": runs.iloc[0].get("gamma", math.nan), "seeds": len(evaluated),
-                              "test_miou_mean": mean, "ci_low": low, "ci_high": high})
-    return pd.DataFrame(test_rows, columns=TEST_SUMMARY_COLUMNS), figured
+            test_rows.append({"model": model, "strategy": strategy, **{k: runs.iloc[0].get(k) for k in shown},
+                              "seeds": len(evaluated), "test_miou_mean": mean, "ci_low": low, "ci_high": high})
+    return pd.DataFrame(test_rows, columns=["model", "strategy", *shown, *TEST_SCORES]), figured
 
 
 def _score_trial(table: pd.DataFrame, run, label: str, notes: list[str], scoring: dict,
@@ -376,7 +395,10 @@ def _cell(value: object, key: str = "") -> str:
 
 
 def _test_section(test_summary: pd.DataFrame, dataset: str) -> list[str]:
-    """The "Test mIoU" section; it says so where the format's "test" is the val split that chose everything."""
+    """The "Test mIoU" section, with the searched keys ``test_summary`` has (those between its strategy and its
+    seeds); it says so where the format's "test" is the val split that chose everything."""
+    columns = list(test_summary.columns)
+    shown = columns[columns.index("strategy") + 1 : columns.index("seeds")]
     fmt = FORMATS.get(dataset)
     same_split = fmt is not None and fmt.test_is_val
     lines = ["## Test mIoU", "", "The best checkpoint of every seed of each strategy's best configuration, on the "
@@ -384,11 +406,13 @@ def _test_section(test_summary: pd.DataFrame, dataset: str) -> list[str]:
              "evaluated)." + (f" **`{dataset}` has no independent test split here: its \"test\" is the official val "
                               "split, the same images that chose the checkpoints and the configurations, so these "
                               "figures are optimistic.**" if same_split else ""), "",
-             "| model | strategy | lr | seeds | test mIoU | 95 % CI |", "| --- | --- | ---: | ---: | ---: | --- |"]
-    for row in test_summary.itertuples():
-        ci = "—" if math.isnan(row.ci_low) else f"[{row.ci_low:.4f}, {row.ci_high:.4f}]"
-        lines.append(f"| {model_label(row.model)} | {row.strategy} | {row.lr:.3g} | {row.seeds} | "
-                     f"{row.test_miou_mean:.4f} | {ci} |")
+             "| model | strategy | " + "".join(f"{k} | " for k in shown) + "seeds | test mIoU | 95 % CI |",
+             "| --- | --- | " + "---: | " * len(shown) + "---: | ---: | --- |"]
+    for _, row in test_summary.iterrows():
+        ci = "—" if math.isnan(row["ci_low"]) else f"[{row['ci_low']:.4f}, {row['ci_high']:.4f}]"
+        mean = "—" if math.isnan(row["test_miou_mean"]) else f"{row['test_miou_mean']:.4f}"
+        lines.append(f"| {model_label(row['model'])} | {row['strategy']} | " + "".join(f"{_cell(row[k], k)} | "
+                     for k in shown) + f"{row['seeds']} | {mean} | {ci} |")
     return lines
 
 

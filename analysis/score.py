@@ -26,6 +26,7 @@ from sklearn.metrics import roc_curve
 from torchvision.transforms.v2 import functional as TF
 
 from foundation.errors import ConfigError
+from foundation.files import check_new_folder
 from foundation.io import load_checkpoint, write_json
 from segmodels import SegModel, build_model
 from study.cli import OneLineParser, add_option, exit_cli, path_type
@@ -33,6 +34,7 @@ from study.config import DATASETS, DEVICES, SPLITS, TrainConfig
 from study.data import Labels, SegDataset, build_dataset
 from study.data.formats import open_source
 from study.data.transforms import denormalize, normalize
+from study.inference import resize_logits
 from study.loop import evaluate, inference_options, resolve_device
 from study.metrics import SegMetric
 from study.options import declaration
@@ -231,8 +233,10 @@ def fit_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 class PredictionWriter:
-    """Writes each image's predicted mask as an indexed (mode P) PNG named by the image's stem, at the size of
-    the logits it is given (its label's), in the task's palette: class k is pixel value k, as in a label file."""
+    """Writes each image's predicted mask as an indexed (mode P) PNG named by the image's stem, at its label's size
+    (the label as it is on disk, the same size as its image: the logits it is given, at whatever scale the recipe
+    scored, are first resized to it, bilinear as ``study.inference`` resizes them for scoring), in the task's
+    palette: class k is pixel value k, as in a label file."""
 
     def __init__(self, folder: str | Path, data: SegDataset) -> None:
         from analysis.figures import class_palette
@@ -240,15 +244,24 @@ class PredictionWriter:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.stems = [Path(f).stem for f in data.files]
+        # the labels' sizes: kept with them at eval_at original, else their images' (read from the file headers)
+        self.sizes = data.originals.shapes if data.originals is not None else [label_size(f) for f in data.files]
         palette = class_palette(data.class_names).reshape(-1)
         self.palette = [*palette.tolist(), *[0] * (768 - len(palette))]
 
     def __call__(self, indices: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
-        predictions = logits.argmax(1).to(torch.uint8).cpu().numpy()
         for row, index in enumerate(indices.tolist()):
-            image = Image.fromarray(predictions[row], mode="P")
+            mask = resize_logits(logits[row:row + 1].float(), self.sizes[index]).argmax(1)[0]
+            image = Image.fromarray(mask.to(torch.uint8).cpu().numpy(), mode="P")
             image.putpalette(self.palette)
             image.save(self.folder / f"{self.stems[index]}.png")
+
+
+def label_size(image_file: str | Path) -> tuple[int, int]:
+    """(height, width) of an image file as it is on disk, from its header (its label's: the cache checks the two
+    are the same size)."""
+    with Image.open(image_file) as image:
+        return image.height, image.width
 
 
 def write_test_figures(result: dict, roc: dict, data: SegDataset, examples: list[int],
@@ -290,7 +303,8 @@ def build_parser() -> OneLineParser:
     parser.add_argument("--no-figures", action="store_true")
     add_option(parser, declaration(TrainConfig, "eval_at"), shown="the checkpoint's")
     parser.add_argument("--save-predictions", metavar="DIR", type=path_type,
-                        help="write each image's predicted mask here (indexed PNG, the image's stem, its label's size)")
+                        help="write each image's predicted mask into this new (or empty) folder (indexed PNG, the "
+                             "image's stem, its label's size)")
     return parser
 
 
@@ -304,8 +318,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size: expected an integer >= 1, got {args.batch_size}")
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: is a file; expected a folder")
     if (out / "metrics.json").exists():
         raise ConfigError(f"--out {out}: already holds metrics.json; choose another --out")
+    if args.save_predictions:
+        check_new_folder(args.save_predictions, "--save-predictions")
     result = score_checkpoint(args.checkpoint, args.dataset, args.data_root, args.split, args.device,
                               args.batch_size, args.cache_dir, figures=None if args.no_figures else out,
                               eval_at=args.eval_at, save_predictions=args.save_predictions)

@@ -2,6 +2,7 @@
 
 A reader (another trial, a resumed study, the analysis) never sees half a file, and a failed
 write leaves the previous file as it was. ``foundation.io`` and ``foundation.storage`` build on it.
+``check_new_folder``: the one check of an output folder that must start empty.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 import torch
+
+from foundation.errors import ConfigError
 
 _UMASK = os.umask(0)  # read once, at import (os.umask can only be read by setting it)
 os.umask(_UMASK)
@@ -38,3 +41,13 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
 def atomic_torch_save(obj: object, path: str | Path) -> Path:
     """``torch.save`` through ``atomic_write``."""
     return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def check_new_folder(path: str | Path, option: str) -> None:
+    """Refuse (``ConfigError``, one line naming ``option``) a path that is a file, or a folder that holds anything:
+    what a command writes there would mix with, or overwrite, what is there. A missing or empty folder passes."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{option} {path}: is a file; expected a folder")
+    if path.is_dir() and any(path.iterdir()):
+        raise ConfigError(f"{option} {path}: not empty; choose a new or empty folder")

@@ -25,8 +25,10 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode())
 
 
-def json_text(data: Any) -> str:
-    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+def json_text(data: Any, sort_keys: bool = True) -> str:
+    """Indented JSON; keys sorted unless ``sort_keys`` is False: a record whose order means something (a study's
+    objectives, first the primary one) keeps its insertion order."""
+    return json.dumps(data, indent=2, sort_keys=sort_keys) + "\n"
 
 
 def write_json(path: str | Path, data: Any) -> Path:

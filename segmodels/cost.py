@@ -1,5 +1,6 @@
 """What a model costs: parameters, and FLOPs per image counted by torch's own ``FlopCounterMode``; and what it
-costs measured on a device (``measure_cost``: latency, throughput, training step, peak memory), cached per key.
+costs measured on a device (``measure_cost``: latency, throughput, training step, peak memory), cached per key
+(``cached_cost``: repeated, its spread kept, checked against a quick reading each time it is used).
 
 Counted, not estimated: the counter sees every matmul and convolution that one forward (and, when asked,
 backward) pass of the real model at the given size dispatches. The report's cost figure, ``summary.csv``'s
@@ -11,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import math
 import statistics
 import time
@@ -24,6 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from foundation.files import atomic_write
 
+log = logging.getLogger(__name__)
 
 def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
                         _output_padding, _groups, output_mask, out_shape, **kwargs) -> int:
@@ -71,7 +74,8 @@ def count_flops(model: nn.Module, image_size: tuple[int, int], batch_size: int =
 MEASURED = ("latency_ms", "throughput_ips", "train_step_ms", "peak_mem_mb")
 DEVICE_KEY = "cost_device"  # the device kind the measurement ran on (``device_kind``)
 MEMORY_MEASURE_KEY = "peak_mem_measure"  # what ``peak_mem_mb`` is, on that device
-COST_FORMAT = 1  # bumped when what is measured changes: older cached measurements are not reused
+COST_FORMAT = 2  # bumped when what is measured changes: older cached measurements are not reused
+# 2: a cached measurement is REPEATS readings (median, and their spread), no longer one reading
 
 
 def device_kind(device: torch.device | str) -> str:
@@ -195,19 +199,158 @@ def measure_cost(model: nn.Module, image_size: tuple[int, int], batch_size: int,
             DEVICE_KEY: device_kind(device)}
 
 
-def cached_cost(folder: str | Path, key: dict[str, Any], measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """The measurement of ``key`` (model, variant, classes, size, device kind, precision, batch) from a small JSON
-    file in ``folder`` (one file per key, written atomically: concurrent trials never see half a file), else
-    ``measure()``, written there first. A file that cannot be read is measured again."""
-    text = json.dumps({**key, "format": COST_FORMAT}, sort_keys=True)
-    path = Path(folder) / f"{hashlib.sha256(text.encode()).hexdigest()[:20]}.json"
+# ------------------------------------------------------------------ cached, robust to load
+# Load only ever adds time: another process on the CPU or GPU slows a reading, never speeds it up. So a measurement
+# is REPEATS readings (their median kept, with their min and max); readings that spread wider than SPREAD_LIMIT
+# (relative to the median) were disturbed, and are taken again, up to ROUNDS times, keeping the fastest round. A
+# cached measurement is checked against one quick reading whenever it is used: a check faster than the cached
+# readings by more than CHECK_TOLERANCE means the cache holds a loaded measurement, which is measured again (the
+# faster one is kept); a slower check means load now, and keeps the cache (a measurement now would be loaded too).
+TIMED = {"latency_ms": -1, "train_step_ms": -1, "throughput_ips": 1}  # what load disturbs; 1: higher is faster
+REPEATS = 3
+ROUNDS = 2  # one retake: under sustained load every round spreads alike, and each costs REPEATS readings
+SPREAD_LIMIT = 0.2  # (max - min) / median of one metric's readings
+CHECK_TOLERANCE = 0.25  # how far outside the cached readings' [min, max] a quick check may fall and still agree
+CHECK_RUNS = {"runs": 5, "warmup": 2, "train_runs": 2}  # measure_cost's arguments for a quick check reading
+CONTENT_BYTES = 1 << 20  # an hf: folder's file is hashed whole up to this size, else its size and its first MiB
+
+
+def summarise(readings: list[dict[str, Any]]) -> dict[str, Any]:
+    """Repeated readings as one record: ``cost`` (each timed metric's median; every other value as the first
+    reading has it, e.g. the peak memory of a fresh model), ``spread`` (each timed metric's [min, max]) and the
+    ``readings`` themselves."""
+    cost = dict(readings[0])
+    spread, kept = {}, {}
+    for name in TIMED:
+        values = [float(r[name]) for r in readings if isinstance(r.get(name), (int, float)) and math.isfinite(r[name])]
+        if values:
+            cost[name], spread[name], kept[name] = statistics.median(values), [min(values), max(values)], values
+    return {"cost": cost, "spread": spread, "readings": kept}
+
+
+def relative_spread(record: dict[str, Any]) -> float:
+    """The widest (max - min) / median over the record's timed metrics (0 with one reading)."""
+    return max((abs(high - low) / abs(record["cost"][name]) for name, (low, high) in record["spread"].items()
+                if record["cost"][name]), default=0.0)
+
+
+def _faster(record: dict[str, Any], than: dict[str, Any]) -> bool:
+    """Whether ``record``'s latency (else its training step) is below ``than``'s."""
+    for name in ("latency_ms", "train_step_ms"):
+        mine, theirs = record["cost"].get(name), than["cost"].get(name)
+        if isinstance(mine, (int, float)) and isinstance(theirs, (int, float)) and mine != theirs:
+            return mine < theirs
+    return False
+
+
+def check_disagrees(reading: dict[str, Any], record: dict[str, Any]) -> int:
+    """-1 when the quick ``reading`` is slower than the cached ``record``'s readings (beyond CHECK_TOLERANCE),
+    1 when it is faster (the cache holds a loaded measurement), 0 when they agree."""
+    verdict = 0
+    for name, sign in TIMED.items():
+        value = reading.get(name)
+        if name not in record["spread"] or not isinstance(value, (int, float)) or not math.isfinite(value):
+            continue
+        low, high = record["spread"][name]
+        if value < low * (1 - CHECK_TOLERANCE):
+            side = -sign  # below a time: faster; below a throughput: slower
+        elif value > high * (1 + CHECK_TOLERANCE):
+            side = sign
+        else:
+            continue
+        if side > 0:
+            return 1
+        verdict = -1
+    return verdict
+
+
+def measure_steady(measure: Callable[[], dict[str, Any]], repeats: int = REPEATS, rounds: int = ROUNDS
+                   ) -> dict[str, Any]:
+    """``repeats`` readings of ``measure()`` summarised; taken again while they spread wider than SPREAD_LIMIT, at
+    most ``rounds`` times: the first steady round, else the fastest round (its spread says how noisy it was)."""
+    best = None
+    for attempt in range(1, rounds + 1):
+        record = summarise([measure() for _ in range(repeats)])
+        record["rounds"] = attempt
+        if best is None or _faster(record, best):
+            best = record
+        if relative_spread(record) <= SPREAD_LIMIT:
+            return record
+    best["rounds"] = rounds
+    log.warning("measured cost still spreads %.0f%% after %d rounds of %d readings (a loaded machine?): keeping "
+                "the fastest round", 100 * relative_spread(best), rounds, repeats)
+    return best
+
+
+def _stored_key(key: dict[str, Any]) -> dict[str, Any]:
+    """``key`` as its file holds it (JSON's types, the format added)."""
+    return json.loads(json.dumps({**key, "format": COST_FORMAT}, sort_keys=True))
+
+
+def cost_record_path(folder: str | Path, key: dict[str, Any]) -> Path:
+    text = json.dumps(_stored_key(key), sort_keys=True)
+    return Path(folder) / f"{hashlib.sha256(text.encode()).hexdigest()[:20]}.json"
+
+
+def read_cost_record(folder: str | Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The cached record of ``key``, or None (none, another format, or a file that cannot be read)."""
     try:
-        found = json.loads(path.read_text())
-        if found.get("key") == json.loads(text):
-            return found["cost"]
-    except (OSError, ValueError, KeyError, AttributeError):
+        found = json.loads(cost_record_path(folder, key).read_text())
+        if found.get("key") == _stored_key(key) and isinstance(found["cost"], dict) and \
+                isinstance(found["spread"], dict):
+            return found
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):
         pass
-    cost = measure()
-    record = json.dumps({"key": json.loads(text), "cost": cost}, indent=2, sort_keys=True) + "\n"
-    atomic_write(path, lambda f: f.write(record.encode()))
-    return cost
+    return None
+
+
+def cached_cost(folder: str | Path, key: dict[str, Any], measure: Callable[[], dict[str, Any]],
+                check: Callable[[], dict[str, Any]] | None = None, force: bool = False) -> dict[str, Any]:
+    """The measurement of ``key`` (model, variant, classes, size, device kind, precision, batch, torch version; an
+    hf: folder's content) from a small JSON file in ``folder`` (one file per key, written atomically: concurrent
+    trials never see half a file), else measured (``measure_steady`` over ``measure()``) and written there first.
+
+    A cached measurement is checked against one ``check()`` reading when ``check`` is given: faster than the cached
+    readings (``check_disagrees``), it is measured again and the faster measurement kept. ``force`` measures again
+    whatever the cache holds, and keeps the new measurement. A file that cannot be read is measured again."""
+    found = None if force else read_cost_record(folder, key)
+    if found is not None:
+        verdict = 0 if check is None else check_disagrees(check(), found)
+        if verdict <= 0:
+            if verdict < 0:
+                log.info("cost of %s: a check reading is slower than the cached one (load now?): keeping the cache "
+                         "(--remeasure-cost measures again)", key.get("model"))
+            return found["cost"]
+        log.warning("cost of %s: a check reading is faster than the cached one (measured under load?): measuring "
+                    "again", key.get("model"))
+    record = measure_steady(measure)
+    if found is not None and not _faster(record, found):
+        return found["cost"]  # the check was the outlier: the cache stays
+    record = {"key": _stored_key(key), **record, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    text = json.dumps(record, indent=2, sort_keys=True) + "\n"
+    atomic_write(cost_record_path(folder, key), lambda f: f.write(text.encode()))
+    return record["cost"]
+
+
+def folder_content(folder: str | Path) -> str:
+    """A hash of what a model folder holds: each top-level, non-hidden file's name, size and bytes (a file over
+    CONTENT_BYTES, i.e. a weight file, by its size and its first CONTENT_BYTES: a safetensors file's header, the
+    name, dtype and shape of every tensor, lies there). Another model saved to the same folder hashes apart."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).expanduser().iterdir()):
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        with open(path, "rb") as f:
+            head = f.read(CONTENT_BYTES)
+        digest.update(f"{path.name}\0{path.stat().st_size}\0".encode())
+        digest.update(head)
+    return digest.hexdigest()[:20]
+
+
+def model_content(name: str, variant: str = "b0") -> str | None:
+    """``folder_content`` of an ``hf:`` model named by a local folder, None for every other model (a registry
+    name or Hub id builds the same network wherever it is read)."""
+    from segmodels.registry import model_spec
+
+    folder = getattr(model_spec(name, variant), "folder", None)
+    return folder_content(folder) if folder is not None else None

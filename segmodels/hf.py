@@ -53,6 +53,11 @@ class HuggingFaceSpec(ModelSpec):
     def default_pretrained(self) -> str:
         return self.source
 
+    @property
+    def folder(self) -> Path | None:
+        """The local folder ``hf:`` names, or None for a Hub id (segmodels.cost keys a folder's cost by content)."""
+        return Path(self.source).expanduser() if _is_path(self.source) and _is_path_to_config(self.source) else None
+
     def config(self) -> PretrainedConfig:
         """The model's config, read from its folder or the Hub (or the Hub cache when offline)."""
         return read_config(self.source, f"--model {self.name}")

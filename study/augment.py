@@ -25,11 +25,10 @@ colour (0 once normalised, as MMSegmentation pads after normalising) and labelle
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from study.data.transforms import IMAGENET_MEAN
+from study.recipe_checks import AugmentSpec
 
 CROP_TRIES = 10  # MMSegmentation's RandomCrop: up to 10 crops checked against cat_max_ratio, then an 11th taken
 BRIGHTNESS_DELTA = 32.0  # PhotoMetricDistortion's defaults
@@ -41,42 +40,6 @@ HUE_DELTA = 18  # in OpenCV's hue units (180 per turn): +-0.1 turn
 RATIO, FLIP, OFFSETS = 0, 1, 2  # OFFSETS: (CROP_TRIES + 1) x (row, column)
 PHOTO = OFFSETS + 2 * (CROP_TRIES + 1)  # brightness on, delta, contrast first, contrast on, alpha, saturation on,
 PARAMS = PHOTO + 9  # alpha, hue on, delta
-
-
-@dataclass(frozen=True)
-class AugmentSpec:
-    """What ``augment_batch`` does. ``base_size`` is MMSegmentation's ``scale``: the longer image side is
-    rescaled to at most ``max(base_size)`` x ratio and the shorter to at most ``min(base_size)`` x ratio,
-    keeping the aspect ratio (None: each image's own size x ratio). ``crop_size`` is (height, width);
-    ``cat_max_ratio`` 1 turns the class-share check off."""
-
-    crop_size: tuple[int, int]
-    base_size: tuple[int, int] | None = None
-    ratio_range: tuple[float, float] = (0.5, 2.0)
-    cat_max_ratio: float = 1.0
-    flip_prob: float = 0.5
-    photometric: bool = True
-    ignore_index: int = 255
-
-    def __post_init__(self) -> None:
-        check_augment(self)
-
-
-def check_augment(spec: AugmentSpec) -> None:
-    """ValueError with one line for settings that cannot work."""
-    low, high = spec.ratio_range
-    if not 0 < low <= high:
-        raise ValueError(f"ratio_range: expected 0 < low <= high, got {low}, {high}")
-    if min(spec.crop_size) < 1:
-        raise ValueError(f"crop_size: expected positive sides, got {spec.crop_size}")
-    if spec.base_size is not None and (max(spec.crop_size) > max(spec.base_size)
-                                       or min(spec.crop_size) > min(spec.base_size)):
-        raise ValueError(f"crop_size {spec.crop_size[0]}x{spec.crop_size[1]} is larger than the base size "
-                         f"{spec.base_size[0]}x{spec.base_size[1]}")
-    if not 0 < spec.cat_max_ratio <= 1:
-        raise ValueError(f"cat_max_ratio: expected 0 < ratio <= 1, got {spec.cat_max_ratio}")
-    if not 0 <= spec.flip_prob <= 1:
-        raise ValueError(f"flip_prob: expected 0 <= p <= 1, got {spec.flip_prob}")
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

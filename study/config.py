@@ -17,10 +17,12 @@ from foundation.errors import ConfigError
 from segmodels import INITS, SEGFORMER_VARIANTS, check_model
 from study.options import Choice, Flag, Kind, LocalPath, Number, Pair, Size, Text, check_fields, declared, names, option
 from study.options import flag as flag_of
+from study.recipe_checks import AugmentSpec, check_augment, check_inference
 from study.recipes import RECIPES
 
 __all__ = ["CLASS_WEIGHTINGS", "DATASETS", "DEVICES", "EQUIVALENCE_MARGIN", "SPLITS", "PRECISIONS", "SEARCHABLE",
-           "STUDY_STAGE", "TRIAL_RUNNERS", "TrainConfig", "parse_image_size", "DATA_PLACEMENTS"]
+           "STUDY_STAGE", "TRIAL_RUNNERS", "TrainConfig", "check_trial_data", "iterations_per_epoch",
+           "parse_image_size", "warmup_iterations", "DATA_PLACEMENTS"]
 
 DATASETS = ("pets", "cityscapes", "voc", "ade20k", "folder")  # study.data.formats has one entry each
 CLASS_WEIGHTINGS = ("none", "inverse_frequency", "median_frequency")  # or a list of K weights
@@ -171,6 +173,8 @@ class TrainConfig:
     cache_dir: str | None = option(None, "decoded-data cache folder (default: $SEGSTUDY_CACHE or "
                                          "~/.cache/segstudy)", "storage and resume", LocalPath(metavar="DIR"),
                                    where=SPEED)
+    remeasure_cost: bool = option(False, "measure each model's cost (latency, memory) again instead of trusting the "
+                                         "cost cache", "storage and resume", Flag(), where=SPEED)
     data_placement: str = option("auto", "where the splits live while training: device, host (streamed to the GPU "
                                          "batch by batch) or auto (device when they fit half the free GPU memory)",
                                  "speed", Choice(DATA_PLACEMENTS), where=SPEED)
@@ -210,14 +214,12 @@ class TrainConfig:
 def check_recipe(cfg: TrainConfig) -> None:
     """The recipe options against each other, each ConfigError naming an option (augmentation, schedule and
     inference say what cannot work: ``study.augment``, ``study.schedules``, ``study.inference``)."""
-    from study.augment import AugmentSpec, check_augment  # they use the data layer, which imports this module
-    from study.inference import check_inference
-
     checks = [(flag_of("base_size"), lambda: cfg.base_size and check_augment(AugmentSpec(
                   cfg.image_size, cfg.base_size, cfg.ratio_range, cfg.cat_max_ratio, ignore_index=cfg.ignore_index))),
               (flag_of("warmup"), lambda: cfg.warmup and cfg.schedule == "exponential" and _raise(
                   "the exponential schedule steps per epoch and has no warmup; use --schedule poly or cosine")),
-              (flag_of("eval_mode"), lambda: check_inference(cfg.eval_mode, cfg.slide_window, cfg.slide_stride))]
+              (flag_of("eval_mode"), lambda: check_inference(cfg.eval_mode, cfg.slide_window, cfg.slide_stride)),
+              (flag_of("class_weights"), lambda: check_class_weights(cfg.class_weights, _weighted_classes(cfg)))]
     for which, check in checks:
         try:
             check()
@@ -227,6 +229,55 @@ def check_recipe(cfg: TrainConfig) -> None:
 
 def _raise(message: str) -> None:
     raise ValueError(message)
+
+
+def _weighted_classes(cfg: TrainConfig) -> int | None:
+    """For a list of class weights, the class count known before any data is read (the task's classes, else its
+    format's); None otherwise."""
+    if not isinstance(cfg.class_weights, list):  # only a list of weights needs it: skip the import
+        return None
+    from study.summary import study_num_classes
+
+    return study_num_classes({"classes": cfg.classes, "dataset": cfg.dataset})
+
+
+def check_class_weights(weights: str | list[float], num_classes: int | None) -> None:
+    """ValueError unless a list of weights has one weight per class (``num_classes``, when known)."""
+    if isinstance(weights, list) and num_classes is not None and len(weights) != num_classes:
+        raise ValueError(f"{len(weights)} weights for {num_classes} classes; give one weight per class")
+
+
+def iterations_per_epoch(train_images: int, batch_size: int, workers: int = 1) -> int:
+    """Optimizer steps per epoch: each of ``workers`` takes its share of the train split, in batches."""
+    return math.ceil(math.ceil(train_images / workers) / batch_size)
+
+
+def warmup_iterations(warmup: float, total_iters: int) -> int:
+    """The warmup's iterations: its share of the run's ``total_iters``, rounded up."""
+    return math.ceil(warmup * total_iters) if warmup > 0 else 0
+
+
+def check_trial_data(cfg: TrainConfig, train_images: int, num_classes: int, workers: int = 1) -> None:
+    """What can be checked of a trial once its data is known (``train_images`` in the train split, ``num_classes``):
+    one class weight per class, and a schedule whose warmup ends before the run does."""
+    try:
+        check_class_weights(cfg.class_weights, num_classes)
+    except ValueError as exc:
+        raise ConfigError(f"{flag_of('class_weights')}: {exc}") from None
+    from study.schedules import check_schedule  # torch
+
+    steps = iterations_per_epoch(train_images, cfg.batch_size, workers)
+    total = cfg.epochs * steps
+    warmup = warmup_iterations(cfg.warmup, total)
+    try:
+        check_schedule(cfg.schedule, total, warmup, power=cfg.poly_power, gamma=cfg.gamma)
+    except ValueError as exc:
+        if cfg.schedule == "exponential" or warmup < total:
+            raise ConfigError(f"{flag_of('schedule')} {cfg.schedule}: {exc}") from None
+        raise ConfigError(f"{flag_of('warmup')} {cfg.warmup:g}: {warmup} of the run's {total} iterations "
+                          f"({cfg.epochs} epochs x {steps} per epoch: {train_images} train images at batch "
+                          f"{cfg.batch_size}); the warmup must end before the run does: lower --warmup, or raise "
+                          "--epochs") from None
 
 
 SEARCHABLE = names(TrainConfig, "search")  # what a space file may search (its `space:` and `points:`)

@@ -22,13 +22,37 @@ from segmodels.cost import DEVICE_KEY as COST_DEVICE
 from segmodels.cost import MEASURED
 
 __all__ = ["BEFORE_TRAINING", "COST_DEVICE", "COUNTED", "INFEASIBLE_KEY", "MEASURED", "VIOLATIONS_KEY", "bounds",
-           "constraint_name", "constraint_values", "before_training", "directions", "feasible", "violations"]
+           "constraint_name", "constraint_values", "before_training", "directions", "feasible", "unmeetable",
+           "violations"]
 
 # What segmodels.cost.measure_cost measures (MEASURED, and the device kind it ran on), and what it counts.
 COUNTED = ("params", "flops")
 BEFORE_TRAINING = (*MEASURED, *COUNTED)
 INFEASIBLE_KEY = "infeasible"  # a trial's result: it violated a constraint checked before training
 VIOLATIONS_KEY = "violations"  # ... and which, as one line
+
+
+# The values a metric can take: mIoU in [0, 1]; every cost is >= 0 (a time, a rate, a size, a count).
+LIMITS = {"val_miou": (0.0, 1.0)}
+COST_LIMITS = (0.0, math.inf)
+
+
+def unmeetable(constraints: dict[str, dict[str, float]]) -> str | None:
+    """Why no value of some metric can meet ``constraints`` (a bound that is not a finite number, a min above the
+    max, a bound beyond what the metric can be), as ``latency_ms: max -1 is below every value it can take (>= 0)``;
+    None when each metric's bounds leave some value."""
+    for metric, limits in constraints.items():
+        low, high = LIMITS.get(metric, COST_LIMITS)
+        for side, bound in limits.items():
+            if not _finite(bound):
+                return f"{metric}: {side} {bound} is not a finite number"
+        if limits.get("min", -math.inf) > limits.get("max", math.inf):
+            return f"{metric}: min {limits['min']:g} is above max {limits['max']:g}"
+        if limits.get("max", math.inf) < low:
+            return f"{metric}: max {limits['max']:g} is below every value {metric} can take (>= {low:g})"
+        if limits.get("min", -math.inf) > high:
+            return f"{metric}: min {limits['min']:g} is above every value {metric} can take (<= {high:g})"
+    return None
 
 
 def bounds(constraints: dict[str, dict[str, float]]) -> list[tuple[str, str, float]]:

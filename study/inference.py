@@ -24,34 +24,9 @@ import torch.nn.functional as F
 
 from study.data.transforms import normalize
 from study.metrics import SegMetric
+from study.recipe_checks import check_inference, rescale_size
 
-MODES = ("whole", "slide")
 Model = Callable[[torch.Tensor], torch.Tensor]
-
-
-def check_inference(mode: str = "whole", window: tuple[int, int] | None = None,
-                    stride: tuple[int, int] | None = None) -> None:
-    """ValueError with one line for an inference setting that cannot work."""
-    if mode not in MODES:
-        raise ValueError(f"eval_mode: expected one of {', '.join(MODES)}, got {mode!r}")
-    if mode == "whole":
-        return
-    if window is None or stride is None:
-        raise ValueError("slide inference needs a window and a stride")
-    if min(window) < 1 or min(stride) < 1:
-        raise ValueError(f"slide window {window} and stride {stride}: expected positive sides")
-    if stride[0] > window[0] or stride[1] > window[1]:
-        raise ValueError(f"slide window {window[0]}x{window[1]} is smaller than its stride {stride[0]}x{stride[1]}: "
-                         "pixels between windows would get no prediction")
-
-
-def rescale_size(height: int, width: int, scale: tuple[int, int] | None) -> tuple[int, int]:
-    """mmcv's ``rescale_size`` keeping the aspect ratio: the longer side to at most ``max(scale)``, the shorter to
-    at most ``min(scale)`` (None: unchanged)."""
-    if scale is None:
-        return height, width
-    factor = min(max(scale) / max(height, width), min(scale) / min(height, width))
-    return max(int(height * factor + 0.5), 1), max(int(width * factor + 0.5), 1)
 
 
 def resize_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -44,7 +44,7 @@ from torch import nn
 
 from foundation.errors import ConfigError
 from study.augment import AugmentSpec, augment_batch, draw_params
-from study.config import TrainConfig
+from study.config import TrainConfig, iterations_per_epoch, warmup_iterations
 from study.data import OriginalLabels, SegDataset
 from study.data.frequencies import class_weights
 from study.data.stream import Split, as_split, attach, place_splits, training_reserve
@@ -284,7 +284,7 @@ def build_training(cfg: TrainConfig, model: nn.Module, total_iters: int,
     decay multipliers (``study.schedules``), and its schedule over ``total_iters`` optimizer steps, the warmup a
     share of them. The report's recipe: one group, ExponentialLR per epoch."""
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.head_lr_mult, cfg.norm_decay_mult, fused=fused)
-    warmup_iters = math.ceil(cfg.warmup * total_iters) if cfg.warmup > 0 else 0
+    warmup_iters = warmup_iterations(cfg.warmup, total_iters)
     scheduler, per_iteration = build_scheduler(cfg.schedule, optimizer, total_iters, warmup_iters=warmup_iters,
                                                power=cfg.poly_power, gamma=cfg.gamma)
     return optimizer, scheduler, per_iteration
@@ -324,7 +324,7 @@ def train(cfg: TrainConfig, train_set: SegDataset, val_set: SegDataset, model: n
                                         device, cfg.data_placement, cfg.device_memory_share,
                                         reserve=lambda: training_reserve(cfg, num_classes))
     train_data, val_data = attach(train_data, train_set.valid), attach(val_data, val_set.valid, val_set.originals)
-    steps = math.ceil(math.ceil(len(train_data) / dist_info()[1]) / cfg.batch_size)
+    steps = iterations_per_epoch(len(train_data), cfg.batch_size, dist_info()[1])
     speed = resolve_speed(cfg, device, cfg.epochs * steps, dist_info()[1])
     apply_tf32(speed, device)
     if speed.channels_last:

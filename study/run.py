@@ -15,6 +15,7 @@ from foundation import storage
 from foundation.errors import StudyFailed
 from study.cli import OneLineParser, add_options, exit_cli, given, native_stderr_diverted, sigterm_as_sigint
 from study.layout import SUMMARY_FILE
+from study.preflight import check_config
 from study.resolve import resolve
 from study.settings import StudySettings
 from study.space import PRESET_KEYS, to_text
@@ -28,11 +29,13 @@ def settings_from_args(argv: list[str] | None) -> StudySettings:
                         help="a search-space file in the presets' grammar (study/space.py): each key it gives "
                              "replaces the preset's (default: none)")
     groups["views"].add_argument("--print-space", action="store_true",
-                       help="print the resolved space and the trial count, then exit (starts no Ray)")
+                       help="check the settings as a run does before it reads data, print the resolved space and "
+                            "the trial count, then exit (starts no Ray)")
     args = parser.parse_args(argv)
     cli = given(args, StudySettings, "run")
     settings = resolve(cli, cli.pop("preset", None), args.space_file, cli.get("task"))
-    if args.print_space:  # as --help does: print, exit, start nothing
+    if args.print_space:  # as --help does: print, exit, start nothing; after the checks a run makes before its data
+        check_config(settings)
         values = {key: getattr(settings, key) for key in PRESET_KEYS}
         print(to_text(values) + f"# trials: {settings.trial_count()}")
         raise SystemExit(0)

@@ -10,13 +10,20 @@
 - ``auto``: optunahub's ``AutoSampler`` (it picks one of the above as the study grows), when optunahub is
   installed and its module can be had; else a one-line ``ConfigError``.
 
-Constraints reach every sampler through each trial's ``Trial.set_constraint`` values (``optuna_store``), the
-Optuna 5 API that superseded the samplers' ``constraints_func``: the samplers read them from the trial.
+Constraints reach every sampler through each trial's constraint values (``optuna_store``), which the samplers
+read from the trial (``FrozenTrial.constraints``), as the Optuna 5 API has it instead of a ``constraints_func``.
+
+Every sampler built here can be pickled: Ray pickles the searcher with it, when the Tuner is built and each time
+it saves the searcher's state. Optuna 5.1's genetic samplers hold a ``threading.Lock``, which pickle refuses:
+``NSGAIISampler`` here leaves it out and makes a new one when unpickled, keeping the rest of its state (its
+random state among it). ``study.preflight.check_sampler`` refuses, before Ray, a sampler that cannot be pickled.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from typing import Any
 
 import optuna
 
@@ -26,6 +33,17 @@ from foundation.errors import ConfigError
 def nsga2_population(num_samples: int) -> int:
     """NSGA-II's population for a study of ``num_samples`` trials: a quarter of them, 4 to 50."""
     return max(4, min(50, num_samples // 4))
+
+
+class NSGAIISampler(optuna.samplers.NSGAIISampler):
+    """Optuna's NSGA-II, picklable: its lock (``BaseGASampler._thread_lock``) is not pickled but made anew."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_thread_lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
 
 
 def auto_sampler(seed: int) -> optuna.samplers.BaseSampler:
@@ -46,7 +64,7 @@ def auto_sampler(seed: int) -> optuna.samplers.BaseSampler:
 
 SAMPLERS: dict[str, Callable[[int, int], optuna.samplers.BaseSampler]] = {
     "tpe": lambda seed, trials: optuna.samplers.TPESampler(seed=seed, constant_liar=True),
-    "nsga2": lambda seed, trials: optuna.samplers.NSGAIISampler(seed=seed, population_size=nsga2_population(trials)),
+    "nsga2": lambda seed, trials: NSGAIISampler(seed=seed, population_size=nsga2_population(trials)),
     "gp": lambda seed, trials: optuna.samplers.GPSampler(seed=seed),
     "random": lambda seed, trials: optuna.samplers.RandomSampler(seed=seed),
     "auto": lambda seed, trials: auto_sampler(seed),

@@ -9,20 +9,20 @@ import importlib.util
 import logging
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from foundation import storage
 from foundation.errors import ConfigError
 from study.config import (
     EQUIVALENCE_MARGIN,
-    SEARCHABLE,
     SPEED_OPTIONS,
     STUDY_STAGE,
     TRIAL_RUNNERS,
     TrainConfig,
     parse_image_size,
 )
-from study.constraints import BEFORE_TRAINING
+from study.constraints import BEFORE_TRAINING, unmeetable
 from study.layout import CONFIRM_DIR
 from study.options import Choice, Flag, Kind, LocalPath, Number, Text, option
 from study.samplers import SAMPLERS
@@ -34,8 +34,18 @@ log = logging.getLogger(__name__)
 CONFIRM_SEED_OFFSET = 1000
 
 
+# The built-in presets, as data in the grammar of a space file (study.space reads them).
+PRESET_FOLDER = Path(__file__).resolve().parents[1] / "search_spaces"
+PRESETS = tuple(sorted(path.stem for path in PRESET_FOLDER.glob("*.yaml")))
 OBJECTIVE_METRICS = ("val_miou", *BEFORE_TRAINING)  # what an objective or a constraint may name
 RUN = ("run", "resume")  # options of study.run that may change on --resume (resources, views)
+
+
+def entry_values(entry: tuple) -> list[Any]:
+    """The values of a space entry a check needs: a choice's or a grid's each (``("choice", [v, ...])``), a range's
+    two bounds (``(kind, low, high)``)."""
+    kind, *args = entry
+    return list(args[0]) if kind in ("choice", "grid") else list(args)
 
 
 @dataclass(frozen=True)
@@ -81,7 +91,11 @@ class Constraints(Kind):
 
         if not isinstance(value, dict) or any(k not in OBJECTIVE_METRICS or not bound(b) for k, b in value.items()):
             raise ValueError(self.expected)
-        return {k: {d: float(x) for d, x in b.items()} for k, b in value.items()}
+        value = {k: {d: float(x) for d, x in b.items()} for k, b in value.items()}
+        problem = unmeetable(value)
+        if problem:
+            raise ValueError(f"bounds some value can meet; {problem}")
+        return value
 
 
 class Sources(Kind):
@@ -104,19 +118,13 @@ class Sources(Kind):
         return value
 
 
-def _presets() -> tuple[str, ...]:
-    from study.space import PRESETS
-
-    return PRESETS
-
-
 @dataclass(frozen=True)
 class StudySettings(TrainConfig):
     """A study: the trial options (``TrainConfig``'s, the base every trial starts from before its searched values)
     and the study's own. Resolved from defaults < preset < space file < task file < command line (``resolve``)."""
 
     preset: str = option("demo", "the built-in study (default: demo, or search under a --space file)", "search",
-                         Choice(_presets), where=("run",))
+                         Choice(PRESETS), where=("run",))
     name: str = option("", "experiment name (default: the --space file's name, else the preset's)",
                        "storage and resume", Text(metavar="NAME", expected="a plain folder name"),
                        where=("run",))
@@ -204,10 +212,11 @@ class StudySettings(TrainConfig):
         return {name: getattr(self, name) for name in SPEED_OPTIONS}
 
     def searched_keys(self) -> list[str]:
-        """The trial options this study searches or its points name (model and init always), in declared order:
-        the console's and the summary's columns."""
-        named = set(self.space) | {key for point in self.points for key in point}
-        return [key for key in SEARCHABLE if key in named or key in ("model", "init")]
+        """The trial options this study searches (``study.summary.searched_keys``, the one answer, which the
+        analysis reads from study.json): the console's and the summary's columns."""
+        from study.summary import searched_keys
+
+        return searched_keys({"space": self.space, "points": self.points})
 
     def models(self) -> list[str]:
         """Every model the study may train: its points' and its space's."""
@@ -295,9 +304,8 @@ class StudySettings(TrainConfig):
     def _values(self, name: str, default: Any) -> list[Any]:
         """Every value ``name`` may take: the warm-start points', and the space's (a range: its bounds)."""
         values = [point[name] for point in self.points if name in point]
-        spec = self.space.get(name)
-        if spec:  # ("choice", [v, ...]) and ("grid", [...]); a range is (kind, low, high)
-            values += list(spec[1]) if spec[0] in ("choice", "grid") else list(spec[1:])
+        if name in self.space:
+            values += entry_values(self.space[name])
         return values or [default]
 
     def seeds(self) -> list[int]:

@@ -20,15 +20,17 @@ drops the preset's points, which belong to its space)::
                                             # registered models, on another task with data_root, classes, ...
 
 In memory (what ``StudySettings`` holds) a searched key is ``("choice", [..])``, ``("grid", [..])``,
-``("loguniform", lo, hi)``, ``("uniform", lo, hi)`` or ``("randint", lo, hi)``. Every value is checked by
-``TrainConfig`` itself (so a model is known exactly when ``segmodels`` builds it); a mistake is a ConfigError
-naming the file and the key, before Ray starts.
+``("loguniform", lo, hi)``, ``("uniform", lo, hi)`` or ``("randint", lo, hi)``. Every value is checked by its
+declaration (a model by ``segmodels``' registry), a mistake a ConfigError naming the file and the key; what values
+do together is checked on every trial the space can produce (``produced``) once the settings are resolved, by
+``study.preflight.check_trials``, before Ray starts and by ``--print-space`` alike.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -39,11 +41,12 @@ from foundation.errors import ConfigError
 from foundation.io import parse_yaml, read_yaml
 from study.config import SEARCHABLE, TrainConfig, parse_image_size
 from study.options import Size, check_value, declaration, declared, names, size_text
-from study.settings import StudySettings
+from study.recipes import apply_recipe
+from study.settings import PRESET_FOLDER, PRESETS, StudySettings, entry_values
 
 KINDS = ("choice", "grid", "loguniform", "uniform", "randint")
 RANGES = {"loguniform": float, "uniform": float, "randint": int}  # the field type each range samples
-SEARCHERS = ("optuna", "grid")
+PRODUCT_LIMIT = 20_000  # the trials of a space checked one by one (study.preflight.check_trials); beyond: pairs
 ASHA_KEYS = ("grace_period", "reduction_factor")
 PRETRAIN_KEYS = ("models", "dataset", "image_size", "epochs", "batch_size", "lr", "gamma")
 # A pretraining task other than the study's data root: its root and labels (as a task file names them).
@@ -73,15 +76,11 @@ def load(path: str | Path) -> dict[str, Any]:
     return parse(read(path), str(path))
 
 
-FOLDER = Path(__file__).resolve().parents[1] / "search_spaces"  # the presets: data, in the grammar below
-PRESETS = tuple(sorted(path.stem for path in FOLDER.glob("*.yaml")))
-
-
 def load_preset(name: str) -> dict[str, Any]:
     """The preset ``search_spaces/<name>.yaml``, checked and resolved (a fresh dict: callers may change it)."""
     if name not in PRESETS:
         raise ConfigError(f"--preset: expected one of {', '.join(PRESETS)}, got {name!r}")
-    path = FOLDER / f"{name}.yaml"
+    path = PRESET_FOLDER / f"{name}.yaml"
     return resolve(load(path), str(path))
 
 
@@ -115,7 +114,9 @@ def parse(data: dict[str, Any], source: str) -> dict[str, Any]:
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     for key in (k for k in FIXED if k in data):
         out[key] = check_value(StudySettings, key, data[key], f"{source}: {key}")
-    _train_config(source, "", {k: v for k, v in out.items() if k in train_fields}, models)
+    fixed = {k: v for k, v in out.items() if k in train_fields}  # with its recipe's values, as resolve gives them
+    size = parse_image_size(fixed.get("image_size", TrainConfig.image_size))
+    _train_config(source, "", apply_recipe(fixed, size), models)
     if "pretrain" in data:
         out["pretrain"] = _pretrain(source, data["pretrain"])
     return out
@@ -161,6 +162,19 @@ def resolve(values: dict[str, Any], source: str) -> dict[str, Any]:
                 raise ConfigError(f"{source}: points[{k}].{key}: {value!r} lies outside space.{key} "
                                   f"{to_entry(space[key])}")
     return values
+
+
+def produced(space: dict[str, tuple]) -> list[dict[str, Any]]:
+    """The searched values of every trial ``space`` can produce, as far as a check needs them: its choices
+    enumerated and its ranges at their bounds, crossed. Beyond ``PRODUCT_LIMIT`` trials, every pair of keys' values
+    (the other keys at their first): what two options do together is what the checks between options look at."""
+    keys = list(space)
+    values = [entry_values(space[key]) for key in keys]
+    if math.prod(len(v) for v in values) <= PRODUCT_LIMIT:
+        return [dict(zip(keys, combination, strict=True)) for combination in itertools.product(*values)]
+    first = {key: v[0] for key, v in zip(keys, values, strict=True)}
+    return [{**first, keys[i]: x, keys[j]: y} for i, j in itertools.combinations(range(len(keys)), 2)
+            for x in values[i] for y in values[j]]
 
 
 def to_text(values: dict[str, Any]) -> str:
@@ -224,12 +238,18 @@ def _entry(source: str, key: str, value: Any, models: list[str]) -> tuple:
 
 
 def _value(source: str, where: str, key: str, value: Any, models: list[str]) -> Any:
-    """One searched value, checked by TrainConfig; a size becomes ``"HxW"`` (Optuna's choices are scalars)."""
+    """One searched value, checked by its declaration (a model: by the registry too); a size becomes ``"HxW"``
+    (Optuna's choices are scalars). What it does with the other options (a model with an image size, a schedule
+    with a warmup) is checked on every trial the space can produce, once they are known
+    (``study.preflight.check_trials``): alone, with the other options' defaults, it could be refused wrongly."""
     if isinstance(declaration(TrainConfig, key).metadata["kind"], Size):
-        value = _image_size(source, where, value)
-    elif isinstance(value, (list, dict)) or value is None:
+        return _image_size(source, where, value)
+    if isinstance(value, (list, dict)) or value is None:
         raise ConfigError(f"{source}: {where}: a searched value is one string or number, got {value!r}")
-    _train_config(source, where, {key: value}, models)
+    if key == "model":
+        _train_config(source, where, {key: value}, models)
+    else:
+        check_value(TrainConfig, key, value, f"{source}: {where}")
     return value
 
 
@@ -269,12 +289,6 @@ def _scheduler(source: str, value: Any) -> dict[str, Any]:
         if key in params:
             _integer(source, f"scheduler.asha.{key}", params[key], minimum)
     return {"scheduler": "asha", **params}
-
-
-def _searcher(source: str, value: Any) -> str:
-    if value not in SEARCHERS:
-        raise ConfigError(f"{source}: searcher: expected one of {', '.join(SEARCHERS)}, got {value!r}")
-    return value
 
 
 def _pretrain(source: str, block: Any) -> dict[str, Any]:

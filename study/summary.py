@@ -92,6 +92,37 @@ def top_configurations(summary: pd.DataFrame, k: int, objectives: dict[str, str]
             for _, row in distinct.head(k).iterrows()]
 
 
+def searched_keys(recorded: dict[str, Any]) -> list[str]:
+    """The one answer to "which keys did this study search", from its settings as recorded (``study.json``, or
+    ``StudySettings``' ``space`` and ``points``): model and init always, then every other trial option its space
+    gives more than one value or its points name, in declared order (``study.config.SEARCHABLE``). The live
+    table, summary.csv, the report and importance show these columns."""
+    space, points = recorded.get("space") or {}, recorded.get("points") or []
+    named = {k for k, entry in space.items() if not _fixed(entry)} | {k for point in points for k in point}
+    return [k for k in SEARCHABLE if k in named or k in ("model", "init")]
+
+
+def _fixed(entry: object) -> bool:
+    """A space entry that takes one value: a bare value, or a choice or grid of one (in memory's form
+    ``("choice", [...])``, study.json's ``["choice", [...]]`` or the file's ``{"choice": [...]}``)."""
+    if isinstance(entry, dict) and len(entry) == 1:
+        kind, args = next(iter(entry.items()))
+        args = [args]
+    elif isinstance(entry, (list, tuple)) and entry and isinstance(entry[0], str):
+        kind, args = entry[0], list(entry[1:])
+    else:
+        return True
+    if kind in ("loguniform", "uniform", "randint"):
+        return False
+    return kind not in ("choice", "grid") or not args or not isinstance(args[0], (list, tuple)) or len(args[0]) <= 1
+
+
+def summary_columns(keys: list[str]) -> list[str]:
+    """summary.csv's columns for a study that searched ``keys`` (``searched_keys``): the trial, those keys, then
+    the rest of ``SUMMARY_COLUMNS``."""
+    return ["trial_id", *keys, *(c for c in SUMMARY_COLUMNS if c not in ("trial_id", *HYPERPARAMETERS))]
+
+
 def searched_columns(table: pd.DataFrame) -> list[str]:
     """The hyperparameter columns of a history or summary: the four every trial has, then any other searched
     field (``study.config.SEARCHABLE``: batch_size, image_size, ...) some trial was given."""
@@ -105,14 +136,42 @@ def _plain(value: Any) -> Any:
 
 def tune_state_trial_ids(experiment: str, files: set[str]) -> set[str] | None:
     """The trial ids in Tune's latest ``experiment_state-*.json``, or None before Tune has written one."""
+    trials = tune_state_trials(experiment, files)
+    return None if trials is None else {trial["trial_id"] for trial in trials}
+
+
+def tune_state_trials(experiment: str, files: set[str]) -> list[dict] | None:
+    """Tune's saved state of each trial in its latest ``experiment_state-*.json``, or None before Tune has written
+    one (or in a format we do not know)."""
     states = sorted(f for f in files if f.startswith("experiment_state-") and f.endswith(".json"))
     if not states:
         return None
     try:
         data = json.loads(storage.read_bytes(storage.join(experiment, states[-1])))
-        return {json.loads(entry[0])["trial_id"] for entry in data.get("trial_data", [])}
+        trials = [json.loads(entry[0]) for entry in data.get("trial_data", [])]
+        return trials if all(isinstance(t, dict) and "trial_id" in t for t in trials) else None
     except (ValueError, KeyError, TypeError, IndexError):  # a format we do not know: count every folder
         return None
+
+
+def creation_numbers(experiment: str) -> dict[str, int]:
+    """trial id -> the number Tune gave the trial when it created it (1, 2, ...: its ``experiment_tag``'s prefix,
+    kept across ``--resume``); Ray's trial ids are random, so this is the order a search made its trials in.
+    Empty before Tune has saved its state."""
+    numbers = {}
+    for trial in tune_state_trials(experiment, set(storage.list_files(experiment))) or []:
+        number = str(trial.get("experiment_tag", "")).split("_", 1)[0]
+        if number.isdigit():
+            numbers[trial["trial_id"]] = int(number)
+    return numbers
+
+
+def in_creation_order(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` (one row per trial) in the order its trials were created (``created``, from
+    ``creation_numbers``); a trial without a number after those with one, then by trial id."""
+    if "created" not in table.columns:
+        return table.sort_values("trial_id")
+    return table.sort_values(["created", "trial_id"], na_position="last")
 
 
 def trial_error(experiment: str, trial_id: str) -> str:
@@ -135,6 +194,7 @@ def load_history(experiment: str, default_seed: int = 0) -> pd.DataFrame:
     """Every validation row of every trial, with the trial's configuration, its fate as recorded
     (``study.fates``: status, stop_reason, failures; "running" while nothing is recorded) and best checkpoint."""
     frames = []
+    created = creation_numbers(experiment)
     for trial_id in trial_ids(experiment):
         params_file = storage.join(trial_dir(experiment, trial_id), TUNE_PARAMS_FILE)
         params = json.loads(storage.read_bytes(params_file)) if storage.is_file(params_file) else {}
@@ -142,6 +202,7 @@ def load_history(experiment: str, default_seed: int = 0) -> pd.DataFrame:
         frame = pd.DataFrame(rows) if rows else pd.DataFrame({"epoch": [math.nan]})  # a row even without results
         frame = frame.rename(columns={"lr": "epoch_lr"})
         frame["trial_id"] = trial_id
+        frame["created"] = created.get(trial_id)
         for key in SEARCHABLE:  # the four every trial has, and any other field its space searched
             if key in HYPERPARAMETERS or key in params:
                 frame[key] = params.get(key)
@@ -161,8 +222,8 @@ def load_history(experiment: str, default_seed: int = 0) -> pd.DataFrame:
         return pd.DataFrame(columns=["trial_id", *HYPERPARAMETERS, "seed", "epoch", *METRICS])
     history = pd.concat(frames, ignore_index=True)
     keep = ["trial_id", *searched_columns(history), "seed", "epoch", *METRICS, "epoch_lr", "images_per_s", "node_id",
-            "epochs_reached", "status", "stop_reason", "stopped_early", "failures", "error", "best_checkpoint",
-            *MEASURED_COST]
+            "created", "epochs_reached", "status", "stop_reason", "stopped_early", "failures", "error",
+            "best_checkpoint", *MEASURED_COST]
     return history[[c for c in keep if c in history.columns]].sort_values(["trial_id", "epoch"]).reset_index(drop=True)
 
 

@@ -348,13 +348,13 @@ def test_every_searched_key_is_shown_and_analysed_and_an_unsearched_gamma_is_no_
              "lr": ["loguniform", 1e-4, 3e-3], "batch_size": ["choice", [8, 32]], "epochs": ["choice", [6]]}
     space.update({"gamma": ["uniform", 0.9, 0.999]} if gamma else {})
     keys = searched_keys({"space": space}, table)
-    assert keys == ["model", "init", "lr", "batch_size", *(["gamma"] if gamma else [])]  # epochs: one value
+    assert keys == ["model", "init", "batch_size", "lr", *(["gamma"] if gamma else [])]  # declared; epochs: fixed
     assert searched_keys({}, table)[:3] == ["model", "init", "lr"]  # nothing recorded: the summary's columns
     importances = hyperparameter_importance(table, keys, space)
     assert set(importances) == set(keys) and max(importances, key=importances.get) == "batch_size"
     assert report._headline(table, keys).startswith("**Best configuration:** FCN ResNet-50, fine-tune (init "
-                                                    "`finetune`, lr ")
+                                                    "`finetune`, batch_size 32, lr ")
     markdown = report.render_markdown("s/demo", {"space": space}, table, [], [], Path("out"), keys=keys)
     header = next(line for line in markdown.splitlines() if line.startswith("| trial |"))
-    assert header.startswith("| trial | model | strategy | lr | batch_size | " + ("gamma | " if gamma else "seed"))
+    assert header.startswith("| trial | model | strategy | batch_size | lr | " + ("gamma | " if gamma else "seed"))
     assert "| t11 | FCN ResNet-50 | fine-tune |" in markdown and "nan" not in markdown

@@ -146,7 +146,54 @@ def test_every_path_option_is_absolute_from_each_commands_bare_defaults(tmp_path
     cfg = run_trial.config_from_args(args)
     assert cfg.data_root == str(tmp_path / "data")
     assert run_trial.out_dir(args, cfg) == str(tmp_path / "runs" / "pets-segformer-scratch-seed0")
+    args = run_trial.build_parser().parse_args(["--model", "tv:lraspp_mobilenet_v3_large"])
+    assert run_trial.out_dir(args, run_trial.config_from_args(args)) == str(
+        tmp_path / "runs" / "pets-tv_lraspp_mobilenet_v3_large-scratch-seed0")  # one folder, no colon
     args = score.build_parser().parse_args(["--checkpoint", "b.pt", "--data-root", "d", "--out", "o",
                                             "--save-predictions", "p", "--cache-dir", "c"])
     assert [args.checkpoint, args.data_root, args.out, args.save_predictions, args.cache_dir] == [
         str(tmp_path / name) for name in ("b.pt", "d", "o", "p", "c")]
+
+
+def test_save_predictions_refuses_a_file_or_a_folder_with_files_before_anything_is_read(tmp_path: Path,
+                                                                                        capsys) -> None:
+    """Issue 35: a path that is a file gave a traceback, a folder with files was overwritten silently."""
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "mine.png").write_text("mine")
+    for option, target, expected in [("--save-predictions", "file", "is a file"),
+                                     ("--save-predictions", "full", "not empty"), ("--out", "file", "is a file")]:
+        paths = {"--out": str(tmp_path / "ev"), "--save-predictions": str(tmp_path / "masks"),
+                 option: str(tmp_path / target)}
+        argv = ["--checkpoint", str(tmp_path / "no.pt"), "--dataset", "pets", "--data-root", str(tmp_path)]
+        code = main_guard("analysis.score", score.main, [*argv, *[word for pair in paths.items() for word in pair]])
+        err = capsys.readouterr().err
+        assert code == 2 and f"{option} {tmp_path / target}: {expected}" in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "full" / "mine.png").read_text() == "mine" and not (tmp_path / "ev").exists()
+
+
+def test_save_predictions_of_an_input_size_checkpoint_are_at_each_labels_size(toy_root: Path, cache_dir: Path,
+                                                                             tmp_path: Path) -> None:
+    """The report recipe scores at the input size (--eval-at input); its saved masks are still at each label's own
+    size, as --help says, and agree with the input-size prediction scored."""
+    import torch
+
+    from analysis.score import original_pairs, score_checkpoint
+    from segmodels import build_model
+    from segmodels.toy import write_tiny_model
+    from study.config import TrainConfig
+    from study.data import Labels
+
+    tiny = f"hf:{write_tiny_model(tmp_path / 'tiny', 'segformer', num_classes=3)}"
+    cfg = TrainConfig(dataset="pets", data_root=str(toy_root), model=tiny, image_size=32, device="cpu")
+    torch.manual_seed(0)
+    torch.save({"config": cfg.to_dict(), "class_names": ["pet", "background", "boundary"],
+                "model_state": build_model(tiny, 3).state_dict()}, tmp_path / "best.pt")
+    result = score_checkpoint(tmp_path / "best.pt", "pets", toy_root, "val", "cpu", save_predictions=tmp_path / "m")
+    assert result["eval_at"] == "input" and sum(map(sum, result["confusion_matrix"])) <= result["images"] * 32 * 32
+    stems = [f.stem for f in open_source("pets", "val", toy_root).image_files]
+    pairs = list(original_pairs("pets", "val", toy_root, Labels.of(cfg)))
+    assert len(list((tmp_path / "m").iterdir())) == len(pairs) == result["images"]
+    for stem, (_, label) in zip(stems, pairs, strict=True):
+        mask = Image.open(tmp_path / "m" / f"{stem}.png")
+        assert mask.mode == "P" and mask.size == (label.shape[1], label.shape[0]) != (32, 32)

@@ -96,3 +96,131 @@ def test_a_backward_pass_counts_one_forward_per_gradient(groups: int) -> None:
     assert count_flops(net, (16, 16)) == stem_flops + conv_flops
     # the images need no gradient: the stem computes its weight's only, the conv both
     assert count_flops(net, (16, 16), backward=True) == stem_flops + conv_flops + stem_flops + 2 * conv_flops
+
+
+# ------------------------------------------------------------------ the measured cost's cache (issue 35, defect 9)
+def _readings(*latencies: float, counted: dict | None = None):
+    """A fake ``measure``: one reading per call, each ``latencies`` value in turn (the training step 10x it)."""
+    calls = []
+
+    def measure() -> dict:
+        latency = latencies[min(len(calls), len(latencies) - 1)]
+        calls.append(latency)
+        return {"latency_ms": latency, "train_step_ms": 10 * latency, "throughput_ips": 1000 / latency,
+                "peak_mem_mb": 5.0, "cost_device": "cpu test", **(counted or {})}
+
+    return measure, calls
+
+
+KEY = {"model": "lraspp_mobilenet_v3_large", "image_size": [64, 64], "device": "cpu test", "precision": "fp32"}
+
+
+def test_a_measurement_is_repeated_and_its_spread_kept(tmp_path: Path) -> None:
+    import json
+
+    from segmodels.cost import REPEATS, cached_cost
+
+    measure, calls = _readings(6.0, 5.8, 6.1, counted={"params": 7})
+    cost = cached_cost(tmp_path, KEY, measure)
+    assert len(calls) == REPEATS and cost["latency_ms"] == 6.0 and cost["params"] == 7  # the median of the three
+    record = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert record["spread"]["latency_ms"] == [5.8, 6.1] and record["readings"]["latency_ms"] == [6.0, 5.8, 6.1]
+    assert cached_cost(tmp_path, KEY, measure) == cost and len(calls) == REPEATS  # from the file
+
+
+def test_readings_spread_wide_are_taken_again(tmp_path: Path) -> None:
+    from segmodels.cost import REPEATS, ROUNDS, cached_cost
+
+    measure, calls = _readings(27.3, 5.8, 6.0, 5.8, 5.9, 5.9)  # a burst of load in the first round
+    assert cached_cost(tmp_path, KEY, measure)["latency_ms"] == 5.9 and len(calls) == 2 * REPEATS
+    noisy, calls = _readings(*[5.8, 27.3, 9.0] * ROUNDS)  # never steady: the fastest round, after every round
+    assert cached_cost(tmp_path / "other", KEY, noisy)["latency_ms"] == 9.0 and len(calls) == ROUNDS * REPEATS
+
+
+def test_a_cached_measurement_taken_under_load_is_measured_again(tmp_path: Path) -> None:
+    """LR-ASPP measured 27.3 ms under load and 5.8 ms idle: the next use checks one quick reading, finds it far
+    faster than every cached reading, measures again and keeps the idle measurement for the studies after it."""
+    from segmodels.cost import REPEATS, cached_cost
+
+    loaded, _ = _readings(27.3, 27.0, 27.6)
+    assert cached_cost(tmp_path, KEY, loaded)["latency_ms"] == 27.3
+    idle, calls = _readings(5.8, 5.9, 5.7)
+    check, checks = _readings(5.8)
+    assert cached_cost(tmp_path, KEY, idle, check)["latency_ms"] == 5.8 and len(calls) == REPEATS
+    assert cached_cost(tmp_path, KEY, idle, check)["latency_ms"] == 5.8 and len(calls) == REPEATS  # now agrees
+    assert len(checks) == 2
+
+
+def test_a_check_slower_than_the_cache_keeps_it(tmp_path: Path) -> None:
+    """A slower check reading means load now: measuring now would be loaded too, so the idle cache stays; a
+    check within the cached readings' spread (and the tolerance) agrees."""
+    from segmodels.cost import cached_cost
+
+    idle, calls = _readings(5.8, 5.9, 5.7)
+    cached_cost(tmp_path, KEY, idle)
+    for reading in (27.3, 6.5, 5.0):
+        check, _ = _readings(reading)
+        assert cached_cost(tmp_path, KEY, idle, check)["latency_ms"] == 5.8
+    assert len(calls) == 3
+
+
+def test_remeasure_cost_measures_again_and_keeps_the_new_measurement(tmp_path: Path) -> None:
+    from segmodels.cost import REPEATS, cached_cost
+
+    first, _ = _readings(5.8)
+    cached_cost(tmp_path, KEY, first)
+    slower, calls = _readings(7.0)  # e.g. a device whose clocks are now capped: only a forced re-measure says so
+    assert cached_cost(tmp_path, KEY, slower, force=True)["latency_ms"] == 7.0 and len(calls) == REPEATS
+    assert cached_cost(tmp_path, KEY, slower)["latency_ms"] == 7.0 and len(calls) == REPEATS
+
+
+def test_an_hf_folder_is_keyed_by_its_content_not_its_path(tmp_path: Path) -> None:
+    import os
+
+    from segmodels.cost import model_content
+    from segmodels.toy import write_tiny_model
+
+    folder = write_tiny_model(tmp_path / "my-model", "segformer", weights=True)
+    first = model_content(f"hf:{folder}")
+    os.utime(folder / "config.json", (1, 1))  # touched, not changed: the same content
+    assert model_content(f"hf:{folder}") == first
+    write_tiny_model(folder, "segformer", weights=True)  # the same architecture saved again, other weights
+    second = model_content(f"hf:{folder}")
+    write_tiny_model(folder, "upernet", weights=True)  # another model saved to the same folder
+    assert len({first, second, model_content(f"hf:{folder}")}) == 3
+    assert model_content("segformer") is None and model_content("hf:nvidia/mit-b0") is None  # not a folder
+
+
+def test_a_trial_measures_again_for_another_model_in_the_same_folder_or_when_told(tmp_path: Path,
+                                                                                    monkeypatch) -> None:
+    """study.trial_cost end to end, with the timing faked: the key carries the hf: folder's content, and
+    ``remeasure_cost`` (``--remeasure-cost``) measures again whatever the cache holds."""
+    import study.trial_cost as trial_cost_module
+    from segmodels.cost import REPEATS
+    from segmodels.toy import write_tiny_model
+    from study.config import TrainConfig
+
+    fake, calls = _readings(5.8)
+    monkeypatch.setattr(trial_cost_module, "measure_cost", lambda net, *args, **kwargs: fake())
+    folder = write_tiny_model(tmp_path / "model", "segformer")
+    cfg = TrainConfig(model=f"hf:{folder}", image_size=(32, 32), device="cpu", precision="fp32",
+                      cache_dir=str(tmp_path / "cache"))
+    segformer = trial_cost_module.trial_cost(cfg, 2)
+    assert len(calls) == REPEATS
+    trial_cost_module.trial_cost(cfg, 2)
+    assert len(calls) == REPEATS + 1  # from the cache, after one check reading
+    write_tiny_model(folder, "upernet")
+    upernet = trial_cost_module.trial_cost(cfg, 2)
+    assert len(calls) == 2 * REPEATS + 1  # another model at the same path: measured, not the old cost
+    assert upernet["params"] != segformer["params"]
+    trial_cost_module.trial_cost(cfg.replace(remeasure_cost=True), 2)
+    assert len(calls) == 3 * REPEATS + 1 and len(list((tmp_path / "cache" / "cost").glob("*.json"))) == 2
+
+
+def test_remeasure_cost_is_an_option_every_trial_gets() -> None:
+    from study.run import settings_from_args
+    from study.settings import ResourcePlan
+
+    settings = settings_from_args(["--preset", "demo", "--remeasure-cost"])
+    assert settings.remeasure_cost and settings.trial_base({}, ResourcePlan(1, 0))["remeasure_cost"]
+    assert not settings_from_args(["--preset", "demo"]).remeasure_cost

@@ -69,3 +69,21 @@ def test_the_ray_layer_imports_ray_at_the_top_of_its_modules() -> None:
         uses_ray = any(top(m) == "ray" for m in imports(path))
         if uses_ray:
             assert any(top(m) == "ray" for m in top_level), f"{path.name} imports Ray inside a function"
+
+
+# Inside the study core: the options and the checks of a trial's settings lie below the data, which lies below
+# augmentation, inference, the loop and the trial helpers (issue 35: three imports ran up).
+CORE_BELOW = {"study/options.py", "study/config.py", "study/recipes.py", "study/recipe_checks.py",
+              "study/settings.py"}
+ABOVE_DATA = ("study.augment", "study.inference", "study.loop", "study.trial", "study.preflight", "study.space")
+
+
+@pytest.mark.parametrize("path", [p for p in files("study") if "orchestrate" not in p.parts],
+                         ids=lambda p: str(p.relative_to(REPO)))
+def test_the_study_core_imports_only_downwards(path: Path) -> None:
+    rel = path.relative_to(REPO).as_posix()
+    used = imports(path)
+    if rel in CORE_BELOW:
+        assert not any(m.startswith(("study.data", *ABOVE_DATA)) for m in used), used
+    elif rel.startswith("study/data/"):
+        assert not any(m.startswith(ABOVE_DATA) for m in used), used

@@ -40,6 +40,7 @@ from foundation.errors import DataError
 from foundation.files import atomic_torch_save
 from foundation.storage import default_cache_dir
 from study.data.sources import IGNORE_INDEX, Source
+from study.recipe_checks import rescale_size
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,6 @@ class Layout:
         """An image's stored (height, width)."""
         if self.base_size is None:
             return tuple(image_size)
-        from study.inference import rescale_size
-
         return rescale_size(height, width, self.base_size)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from foundation.errors import ConfigError
+from foundation.files import check_new_folder
 from study.cli import OneLineParser, exit_cli
 from study.config import SPLITS
 from study.data.formats import FORMATS, ID2LABEL_FILE, open_source
@@ -29,8 +29,7 @@ log = logging.getLogger(__name__)
 def convert_to_folder(name: str, root: str | Path, out: str | Path) -> Path:
     """Write ``name``'s splits under ``root`` into ``out`` in the folder layout; refuses a non-empty ``out``."""
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"--out {out}: not empty; choose a new folder")
+    check_new_folder(out, "--out")
     sources = {split: open_source(name, split, root) for split in SPLITS}
     written = 0
     for split, source in sources.items():

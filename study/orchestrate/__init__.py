@@ -38,10 +38,10 @@ from study.orchestrate.wandb_key import withhold_key
 from study.preflight import preflight
 from study.settings import CONFIRM_SEED_OFFSET, ResourcePlan, StudySettings
 from study.summary import (
-    SUMMARY_COLUMNS,
     add_cost,
     load_history,
     results_experiment,
+    summary_columns,
     summary_table,
     top_configurations,
 )
@@ -94,10 +94,11 @@ def run_study(settings: StudySettings, native_stderr_log: str | None = None) -> 
 
 
 def record_settings(settings: StudySettings, plan: ResourcePlan) -> None:
-    """Write STORAGE/NAME/study.json once (kept on resume): what the analysis needs to read the study, with the
-    resources it was planned with."""
+    """Write STORAGE/NAME/study.json (kept on resume; a new run replaces the one a study that failed before its first
+    stage left, ``preflight.started``): what the analysis needs to read the study, with the resources it was
+    planned with."""
     target = storage.join(settings.experiment_dir, STUDY_FILE)
-    if not storage.exists(target):
+    if not (settings.resume and storage.exists(target)):
         per_trial = ("model", "init", "pretrained", "device", "device_memory_share")  # each trial's own
         data = {k: v for k, v in dataclasses.asdict(settings).items()
                 if k not in ("resume", "verbose", *per_trial)}
@@ -105,7 +106,7 @@ def record_settings(settings: StudySettings, plan: ResourcePlan) -> None:
         if settings.confirm_top:  # the rule, and the seeds it gives (StudySettings.confirm_stage)
             data["confirm_seed_rule"] = f"seed + {CONFIRM_SEED_OFFSET} + k, k = 0 .. repeats - 1"
             data["confirm_seeds"] = settings.confirm_stage([]).seeds()
-        storage.write_bytes(target, json_text(data).encode())
+        storage.write_bytes(target, json_text(data, sort_keys=False).encode())  # objectives keep their order
 
 
 def run_confirm_stage(settings: StudySettings, plan: ResourcePlan, pretrained: dict[str, str]) -> None:
@@ -128,5 +129,5 @@ def write_summary(settings: StudySettings, trials_from: str | None = None, file:
     trials_from = trials_from or results_experiment(settings.experiment_dir)
     summary = add_cost(summary_table(load_history(trials_from, default_seed=settings.seed)), vars(settings))
     storage.write_bytes(storage.join(settings.experiment_dir, file),
-                        csv_text(summary.to_dict("records"), SUMMARY_COLUMNS).encode())
+                        csv_text(summary.to_dict("records"), summary_columns(settings.searched_keys())).encode())
     return summary

@@ -10,8 +10,11 @@ afterwards:
   (``told_state``): ``COMPLETE`` only when it ran all its epochs, with the value(s) of its **last** result, not
   its best (the best is the user attribute ``best_val_miou``); ``PRUNED`` when ASHA stopped it (its value: the
   last intermediate value) or it was refused before training as ``infeasible``; ``FAIL`` when it errored. Ray's
-  own ``OptunaSearch`` tells every stopped trial ``COMPLETE``. Constraint values (``study.constraints``) are set
-  with ``Trial.set_constraint``, and the measured cost is kept as user attributes.
+  own ``OptunaSearch`` tells every stopped trial ``COMPLETE``. Its constraint values (``study.constraints``, <= 0:
+  met) are the system attribute ``constraints``, a list in ``study.constraints.bounds`` order: what Optuna's
+  samplers read (``FrozenTrial.constraints``) and what the dashboard shows as the trial's feasibility; the user
+  attributes ``constraints`` (each value by its bound's name) and ``feasible`` name them. The measured cost is kept
+  as user attributes.
 - a grid (a search's confirm stage as the study ``NAME-confirm``; the report preset's grid as ``NAME``): each
   ended trial added by a Tune callback (``GridRecorder``) by the same rule and with the same values.
 
@@ -69,7 +72,11 @@ METRIC = "val_miou"
 TUNE_TRIAL_ID = "tune_trial_id"  # the user attribute that names an Optuna trial's Tune trial
 BEST = "best_val_miou"
 CURVE = "val_miou_curve"  # with several objectives: {epoch: val mIoU}, Optuna's intermediate values being one-objective
-CONSTRAINT_ATTR = "constraints"  # the system attribute prefix that Optuna's Trial.set_constraint writes
+# The system attribute that optuna-dashboard (0.21: ``trial_system_attrs["constraints"]``) and Optuna's samplers
+# (optuna.study._constrained_optimization) read, a list of values; Trial.set_constraint's one attribute per bound
+# (``constraints:NAME``) the dashboard does not show. The same key names the user attribute {bound: value}.
+CONSTRAINT_ATTR = "constraints"
+FEASIBLE = "feasible"
 _OPENED: set[str] = set()  # local copies of remote files brought up to date in this process
 
 
@@ -162,6 +169,17 @@ def told_values(state: TrialState, result: dict | None, metrics: list[str]) -> l
     return [float(v) for v in values] if all(_finite(v) for v in values) else None
 
 
+def constraint_attributes(constraints: dict[str, dict[str, float]], result: dict | None,
+                          state: TrialState) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(system, user) attributes of a trial told ``state``: its constraint values as the list Optuna's samplers and
+    optuna-dashboard read, and by name with its feasibility; none for a ``FAIL`` (as Optuna's samplers do)."""
+    values = constraint_values(constraints, result or {}) if state != TrialState.FAIL else {}
+    if not values:
+        return {}, {}
+    return {CONSTRAINT_ATTR: list(values.values())}, {CONSTRAINT_ATTR: values,
+                                                      FEASIBLE: all(v <= 0 for v in values.values())}
+
+
 def cost_attributes(result: dict | None) -> dict[str, Any]:
     """The measured and counted cost in a trial's result, kept as user attributes (the dashboard shows them)."""
     keys = (*MEASURED, *COUNTED, COST_DEVICE, VIOLATIONS_KEY)
@@ -245,9 +263,11 @@ class StoredOptunaSearch(OptunaSearch):
             for key, value in {**cost_attributes(result), **({BEST: max(reported.values())} if reported else {})
                                }.items():
                 trial.set_user_attr(key, value)
-            if state != TrialState.FAIL:  # the sampler learns from these (pruned trials too)
-                for name, value in constraint_values(self._constraints, result or {}).items():
-                    trial.set_constraint(name, value)
+            system, user = constraint_attributes(self._constraints, result, state)  # pruned trials' too
+            for key, value in system.items():  # before tell: the sampler's after_trial reads them
+                trial.storage.set_trial_system_attr(trial._trial_id, key, value)
+            for key, value in user.items():
+                trial.set_user_attr(key, value)
             values = told_values(state, result, self._metrics)
             if state == TrialState.COMPLETE and values is None:  # an objective missing from the last result
                 state = TrialState.FAIL
@@ -378,14 +398,15 @@ class GridRecorder(StudyMirror):
             values = [curve[max(curve)]]  # a pruned trial's value: its last intermediate value, as Optuna's tell
         several = len(self.objectives) > 1
         params = {k: trial.config[k] for k in self.distributions if k in trial.config}
+        system, user = constraint_attributes(self.constraints, last, state)
         attrs = {TUNE_TRIAL_ID: trial.trial_id, **({BEST: max(curve.values())} if curve else {}),
-                 **cost_attributes(last), **({CURVE: {str(k): v for k, v in curve.items()}} if several else {})}
-        constraints = constraint_values(self.constraints, last) if state != TrialState.FAIL else {}
+                 **cost_attributes(last), **({CURVE: {str(k): v for k, v in curve.items()}} if several else {}),
+                 **user}
         try:
             self.study.add_trial(optuna.trial.create_trial(
                 state=state, values=values, params=params, distributions={k: self.distributions[k] for k in params},
                 user_attrs=attrs, intermediate_values={} if several else curve,
-                system_attrs={f"{CONSTRAINT_ATTR}:{k}": v for k, v in constraints.items()}))
+                system_attrs=system))
         except ValueError as exc:  # a parameter outside the grid's distributions: keep the study going
             log.warning("optuna: trial %s not recorded in %s: %s", trial.trial_id, self.study_name, exc)
         self.recorded.add(trial.trial_id)

@@ -26,6 +26,10 @@ from study.orchestrate.stops import (
 from study.samplers import build_sampler
 from study.settings import ResourcePlan, StudySettings
 
+# What building a Tuner writes into the experiment folder: its state, which Tuner.can_restore looks for
+# (ray.tune.impl.tuner_internal._TUNER_PKL), and Ray's storage check (ray.train._internal.storage).
+TUNER_FILES = ("tuner.pkl", ".validate_storage_marker")
+
 
 def tune_space(space: dict[str, Any]) -> dict[str, Any]:
     """Ray Tune domains for an Optuna search (``study.space``'s entries). OptunaSearch refuses
@@ -93,14 +97,20 @@ def run_tune(settings: StudySettings, plan: ResourcePlan, pretrained: dict[str, 
                                   reduction_factor=settings.reduction_factor)
     else:
         scheduler = FIFOScheduler()
-    tuner = tune.Tuner(
-        fn,
-        param_space=param_space,
-        tune_config=tune.TuneConfig(metric="val_miou", mode="max", search_alg=search_alg, scheduler=scheduler,
-                                    num_samples=num_samples, max_concurrent_trials=plan.max_concurrent,
-                                    trial_dirname_creator=trial_dirname, reuse_actors=settings.runner == "tune"),
-        run_config=run_config(settings, table),
-    )
+    try:
+        tuner = tune.Tuner(
+            fn,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(metric="val_miou", mode="max", search_alg=search_alg, scheduler=scheduler,
+                                        num_samples=num_samples, max_concurrent_trials=plan.max_concurrent,
+                                        trial_dirname_creator=trial_dirname, reuse_actors=settings.runner == "tune"),
+            run_config=run_config(settings, table),
+        )
+    except Exception:  # Tune opens tuner.pkl before it pickles the Tuner: --resume would "restore" a half-written one
+        for name in TUNER_FILES:  # gone, a rerun may use the folder (study.preflight.started)
+            if storage.exists(storage.join(settings.experiment_dir, name)):
+                storage.delete_file(storage.join(settings.experiment_dir, name))
+        raise
     return check_finished(settings, tuner.fit())
 
 
