@@ -1,182 +1,210 @@
-"""Does telling Optuna the truth about ASHA's stops change what the search finds? A replay, not a test.
+"""Which searcher finds the best configuration for a budget? A replay of recorded curves, not a test.
 
-    python -m benchmarks.search_replay [--seeds 10] [--num-samples 16] [--out benchmarks/results/cpu-search-replay.json]
+    python -m benchmarks.search_replay [--curves FILE ...] [--seeds 20] [--budget-trials 12] [--methods ...]
+        [--out benchmarks/results/search-benchmark-toy.json]
 
-Recorded full-length val mIoU curves (``benchmarks.replay_curves``: a grid of model x lr x gamma trained once on
-toy data, every epoch validated, saved in ``benchmarks/results/cpu-search-replay-curves.json``) are replayed through
-the real Tune + OptunaSearch + ASHA: the trainable reports the recorded curve of the grid point nearest to the
-suggested configuration (lr on a log scale), one result per epoch, and ASHA stops it as it would a real trial.
-Three searchers, each with the same seeds, the same ASHA and the same number of trials and concurrency:
+Each curve file (``benchmarks/curves.py``: recorded val mIoU per validated epoch, seconds per epoch, per
+configuration and seed) is replayed through every method (``benchmarks.search_methods``, the peers in
+``benchmarks.search_peers``), one trial at a time, without training and without Ray: a suggested configuration
+replays the nearest recorded one, validation by validation, and the method decides after each whether it goes on.
 
-- ``told_complete``: Ray's own ``OptunaSearch`` (a stopped trial is told ``COMPLETE`` with its last value);
-- ``told_pruned``: segstudy's ``StoredOptunaSearch`` (a stopped trial is ``PRUNED`` with its curve);
-- ``random``: ``OptunaSearch`` with Optuna's ``RandomSampler``.
+- Budget: ``--budget-trials`` K full-length trials, stated two ways: K x E trial-epochs, and K x E x (mean
+  epoch_seconds over the set's runs) device-seconds, spent from each run's own ``epoch_seconds``. A search runs
+  until both are spent; what it found is read at 25 %, 50 % and 100 % of each.
+- Found: the configuration and epoch with the best val mIoU seen within the budget (any trial, stopped or not:
+  the study keeps every trial's best checkpoint). Before any validation, the set's worst configuration.
+- Seeds: run r's searcher seed is r; with several recorded seeds per configuration it sees the curves of seed
+  number r mod n, and its pick is scored by the mean of the other seeds' curves at the same epoch, so luck on one
+  seed is not rewarded. The set's best and median are those of the scoring curves (each configuration's best
+  epoch): normalised regret = (best - found) / (best - median).
+- Statistics (``benchmarks.search_stats``): per budget, regret mean and IQM with percentile-bootstrap 95 % CIs,
+  and the share of runs within 0.01 val mIoU of the best.
 
-Both TPE searchers use ``TPESampler(seed, constant_liar=True)``, as the study does. For each run it records, in
-the order Tune received them, every result (one trial-epoch each), and prints ONE JSON object: per searcher, the
-best val mIoU found (any epoch of any trial, and among trials that ran all their epochs) against the budget spent
-in trial-epochs, mean and standard deviation over the seeds, and how often the grid's best configuration was
-found; the ratios are against ``told_complete`` measured in the same run.
+The output JSON: per curve set, keyed by its file's name, ``default`` (segstudy's default, ``segstudy``), the
+budget, and ``methods: {NAME: {"budget_share": {"0.25"|"0.5"|"1.0": {...}}, "budget_share_trial_epochs": ...}}``
+(``budget_share`` in device-seconds). The peers need ``.venv-search`` (``benchmarks/requirements-search.txt``);
+a peer whose package is missing is recorded as skipped, with the reason.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-CURVES = "benchmarks/results/cpu-search-replay-curves.json"
-SEARCHERS = ("told_complete", "told_pruned", "random")
+import numpy as np
+
+from benchmarks.curves import CurveSet, Run, params_key, read_curves
+from benchmarks.search_methods import OPTUNA_METHODS, Space, optuna_method
+from benchmarks.search_stats import normalised_regret, summarise
+from foundation.errors import ConfigError
+
+CURVES = "benchmarks/results/curves-toy.json"
+DEFAULT = "segstudy"
+SHARES = (0.25, 0.5, 1.0)
+MAX_TRIALS = 5000  # a method that never spends the budget (nothing left to suggest) ends here
 
 
-def load_curves(path: str | Path) -> tuple[dict[tuple, dict[int, float]], dict[str, Any]]:
-    data = json.loads(Path(path).read_text())
-    curves = {(c["model"], c["lr"], c["gamma"]): {int(k): v for k, v in c["curve"].items()}
-              for c in data["configurations"]}
-    return curves, data
+def make_method(name: str, space: Space, epochs: int, first_epoch: int, seed: int) -> Any:
+    if name in OPTUNA_METHODS:
+        return optuna_method(name, space, epochs, seed)
+    from benchmarks.search_peers import peer_method
+
+    return peer_method(name, space, epochs, first_epoch, seed)
 
 
-def nearest(curves: dict[tuple, dict[int, float]], config: dict[str, Any]) -> tuple:
-    """The recorded grid point nearest to a suggested configuration (same model; lr in log, gamma linear)."""
-    points = [k for k in curves if k[0] == config["model"]]
-    return min(points, key=lambda k: (abs(math.log(k[1]) - math.log(config["lr"])), abs(k[2] - config["gamma"])))
+def search(method: Any, space: Space, runs: list[Run], budget: dict[str, float]) -> list[tuple]:
+    """One search until both budgets are spent: every validation seen, as
+    (trial-epochs spent, device-seconds spent, configuration index, epoch, val mIoU)."""
+    spent = {"trial_epochs": 0.0, "device_seconds": 0.0}
+    seen: list[tuple] = []
+    for _ in range(MAX_TRIALS):
+        if all(spent[k] >= budget[k] for k in budget):
+            break
+        job = method.ask()
+        if job is None:
+            break
+        index = space.nearest(job.values)
+        run, done, epoch, value = runs[index], 0, 0, float("nan")
+        for epoch, value in run.curve.items():
+            spent["trial_epochs"] += epoch - done
+            spent["device_seconds"] += (epoch - done) * run.epoch_seconds
+            done = epoch
+            seen.append((spent["trial_epochs"], spent["device_seconds"], index, epoch, value))
+            if not method.observe(job, epoch, value) or epoch >= job.max_epoch:
+                break
+        method.finish(job, epoch, value, completed=epoch >= max(run.curve))
+    return seen
 
 
-def replay(config: dict[str, Any], curves: dict[tuple, dict[int, float]]) -> None:
-    """The trainable: report the recorded curve of ``config``'s grid point, one result per epoch."""
-    from ray import tune
-
-    for epoch, value in sorted(curves[nearest(curves, config)].items()):
-        tune.report({"epoch": epoch, "val_miou": value})
-
-
-def searcher(kind: str, seed: int, epochs: int, folder: Path) -> Any:
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
-
-    from study.orchestrate.optuna_store import OptunaDatabase, StoredOptunaSearch
-
-    if kind == "random":
-        return OptunaSearch(metric="val_miou", mode="max", sampler=optuna.samplers.RandomSampler(seed=seed))
-    tpe = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
-    if kind == "told_complete":
-        return OptunaSearch(metric="val_miou", mode="max", sampler=tpe)
-    db = OptunaDatabase(str(folder / f"optuna-{seed}.db"))
-    return StoredOptunaSearch(db, "replay", epochs=epochs, metric="val_miou", mode="max", sampler=tpe)
+def pick(seen: list[tuple], kind: int, budget: float) -> tuple[int, int] | None:
+    """(configuration, epoch) with the best val mIoU seen within ``budget`` (``kind`` 0: trial-epochs,
+    1: device-seconds)."""
+    within = [s for s in seen if s[kind] <= budget + 1e-9]
+    if not within:
+        return None
+    best = max(within, key=lambda s: s[4])
+    return best[2], best[3]
 
 
-def run_once(kind: str, seed: int, curves: dict, args: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
-    """One search; every result in the order Tune received it."""
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-
-    received: list[dict[str, Any]] = []
-
-    class Record(tune.Callback):
-        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-            received.append({"trial": trial.trial_id, "epoch": result["epoch"], "val_miou": result["val_miou"]})
-
-    models = sorted({k[0] for k in curves})
-    lrs, gammas = sorted({k[1] for k in curves}), sorted({k[2] for k in curves})
-    space = {"model": tune.choice(models), "lr": tune.loguniform(lrs[0], lrs[-1]),
-             "gamma": tune.uniform(gammas[0], gammas[-1])}
-    epochs = max(max(c) for c in curves.values())
-    tuner = tune.Tuner(
-        tune.with_parameters(replay, curves=curves), param_space=space,
-        tune_config=tune.TuneConfig(
-            metric="val_miou", mode="max", search_alg=searcher(kind, seed, epochs, folder), reuse_actors=True,
-            scheduler=ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=args.grace_period,
-                                    reduction_factor=args.reduction_factor),
-            num_samples=args.num_samples, max_concurrent_trials=args.max_concurrent),
-        run_config=tune.RunConfig(name=f"{kind}-{seed}", storage_path=str(folder), verbose=0, callbacks=[Record()]))
-    tuner.fit()
-    return received
+def scoring_curves(curves: CurveSet, configs: list[dict], seed: int) -> list[dict[int, float]]:
+    """Per configuration: the mean curve of its seeds other than ``seed`` (its own where it has no other)."""
+    by_config: dict[str, list[Run]] = {}
+    for run in curves.runs:
+        by_config.setdefault(params_key(run.params), []).append(run)
+    scored = []
+    for config in configs:
+        runs = by_config[params_key(config)]
+        others = [r for r in runs if r.seed != seed] or [r for r in runs if r.seed == seed] or runs
+        epochs = sorted(set.intersection(*(set(r.curve) for r in others)))
+        scored.append({e: statistics.mean(r.curve[e] for r in others) for e in epochs})
+    return scored
 
 
-def trajectory(received: list[dict[str, Any]], epochs: int, budgets: list[int]) -> dict[str, Any]:
-    """Best val mIoU found within each budget of trial-epochs: at any epoch, and among full-length trials."""
-    best_any, best_full, found_any, found_full = [], [], -math.inf, -math.inf
-    for row in received:
-        found_any = max(found_any, row["val_miou"])
-        if row["epoch"] >= epochs:
-            found_full = max(found_full, row["val_miou"])
-        best_any.append(found_any)
-        best_full.append(found_full)
-
-    def at(series: list[float], budget: int) -> float | None:
-        value = series[min(budget, len(series)) - 1] if series else -math.inf
-        return None if value == -math.inf else value
-
-    return {"budget_spent": len(received), "completed_trials": sum(r["epoch"] >= epochs for r in received),
-            "best_any_epoch": {b: at(best_any, b) for b in budgets}, "best_full_length": {b: at(best_full, b)
-                                                                                         for b in budgets}}
+def observed_runs(curves: CurveSet, configs: list[dict], seed: int) -> list[Run]:
+    by_key = {(params_key(r.params), r.seed): r for r in curves.runs}
+    first = {}
+    for run in curves.runs:
+        first.setdefault(params_key(run.params), run)
+    return [by_key.get((params_key(c), seed), first[params_key(c)]) for c in configs]
 
 
-def summarise(runs: list[dict[str, Any]], budgets: list[int], grid_best: float) -> dict[str, Any]:
-    def stats(key: str, budget: int) -> dict[str, Any]:
-        values = [r[key][budget] for r in runs if r[key][budget] is not None]
-        return {"mean": round(statistics.mean(values), 4) if values else None,
-                "sd": round(statistics.stdev(values), 4) if len(values) > 1 else None, "runs_with_one": len(values)}
+def benchmark_set(curves: CurveSet, methods: list[str], seeds: int, budget_trials: float) -> dict[str, Any]:
+    configs = curves.configurations()
+    space = Space(configs)
+    recorded_seeds = curves.seeds()
+    first_epoch = min(min(r.curve) for r in curves.runs)
+    mean_seconds = statistics.mean(r.epoch_seconds for r in curves.runs)
+    budget = {"trial_epochs": budget_trials * curves.epochs,
+              "device_seconds": budget_trials * curves.epochs * mean_seconds}
+    references = {}
+    for seed in recorded_seeds:
+        scored = scoring_curves(curves, configs, seed)
+        per_config = [max(c.values()) for c in scored]
+        references[seed] = {"scored": scored, "best": max(per_config), "median": float(np.median(per_config)),
+                            "worst": min(c[max(c)] for c in scored)}
+    out: dict[str, Any] = {}
+    for name in methods:
+        started = time.perf_counter()
+        results: dict[str, dict[str, list]] = {k: {str(s): [] for s in SHARES} for k in budget}
+        try:
+            for r in range(seeds):
+                seed = recorded_seeds[r % len(recorded_seeds)]
+                ref = references[seed]
+                method = make_method(name, space, curves.epochs, first_epoch, r)
+                seen = search(method, space, observed_runs(curves, configs, seed), budget)
+                for kind, column in (("trial_epochs", 0), ("device_seconds", 1)):
+                    for share in SHARES:
+                        chosen = pick(seen, column, share * budget[kind])
+                        found = ref["worst"] if chosen is None else ref["scored"][chosen[0]].get(chosen[1],
+                                                                                                ref["worst"])
+                        results[kind][str(share)].append((normalised_regret(found, ref["best"], ref["median"]),
+                                                          ref["best"] - found))
+        except ImportError as exc:  # a peer whose package this environment lacks
+            out[name] = {"skipped": f"{type(exc).__name__}: {exc}"}
+            print(f"{curves.name}: {name} skipped ({exc})", flush=True)
+            continue
+        table = {kind: {share: summarise([v[0] for v in values], [v[1] for v in values])
+                        for share, values in per_share.items()} for kind, per_share in results.items()}
+        out[name] = {"budget_share": table["device_seconds"], "budget_share_trial_epochs": table["trial_epochs"],
+                     "seconds": round(time.perf_counter() - started, 1)}
+        print(f"{curves.name}: {name} regret@100% {table['device_seconds']['1.0']['regret_mean']} "
+              f"within@100% {table['device_seconds']['1.0']['within_0.01']} ({out[name]['seconds']} s)", flush=True)
+    return {"default": DEFAULT, "configurations": len(configs), "epochs": curves.epochs, "seeds": recorded_seeds,
+            "budget": {"full_trials": budget_trials, "trial_epochs": budget["trial_epochs"],
+                       "device_seconds": round(budget["device_seconds"], 2),
+                       "stated_as": f"{budget_trials:g} full-length trials of {curves.epochs} epochs; device-seconds "
+                                    f"at the set's mean epoch_seconds ({mean_seconds:.4g} s)"},
+            "reference": {str(s): {"best": round(v["best"], 4), "median": round(v["median"], 4)}
+                          for s, v in references.items()},
+            "methods": out}
 
-    final = budgets[-1]
-    return {"budget_spent_mean": statistics.mean(r["budget_spent"] for r in runs),
-            "completed_trials_mean": statistics.mean(r["completed_trials"] for r in runs),
-            "best_any_epoch": {b: stats("best_any_epoch", b) for b in budgets},
-            "best_full_length": {b: stats("best_full_length", b) for b in budgets},
-            "found_grid_best": sum(r["best_any_epoch"][final] == grid_best for r in runs)}
+
+def versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    found: dict[str, str | None] = {}
+    for name in ("optuna", "numpy", "scipy", "dehb", "smac", "syne-tune", "ConfigSpace"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
+    from benchmarks.search_peers import PEER_METHODS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--curves", default=CURVES)
-    parser.add_argument("--seeds", type=int, default=10)
-    parser.add_argument("--num-samples", type=int, default=16)
-    parser.add_argument("--max-concurrent", type=int, default=2)
-    parser.add_argument("--grace-period", type=int, default=1)
-    parser.add_argument("--reduction-factor", type=int, default=2)
-    parser.add_argument("--out", default="benchmarks/results/cpu-search-replay.json")
+    parser.add_argument("--curves", nargs="+", default=[CURVES])
+    parser.add_argument("--seeds", type=int, default=20, help="searcher seeds per method and curve set")
+    parser.add_argument("--budget-trials", type=float, default=12, help="the total budget, in full-length trials")
+    parser.add_argument("--methods", nargs="+", default=[*OPTUNA_METHODS, *PEER_METHODS])
+    parser.add_argument("--out", default="benchmarks/results/search-benchmark-toy.json")
     args = parser.parse_args(argv)
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no per-trial files: only the search counts
-    import ray
-
-    from benchmarks.throughput import library_versions, machine_info, now_utc, write_json
-
-    curves, recorded = load_curves(args.curves)
-    epochs = max(max(c) for c in curves.values())
-    grid_best = max(max(c.values()) for c in curves.values())
+    unknown = [m for m in args.methods if m not in {**OPTUNA_METHODS, **PEER_METHODS}]
+    if unknown:
+        parser.exit(2, f"error: --methods: unknown {', '.join(unknown)}; known: {', '.join(OPTUNA_METHODS)}, "
+                       f"{', '.join(PEER_METHODS)}\n")
+    try:
+        sets = [read_curves(path) for path in args.curves]  # every file checked before any search
+    except ConfigError as exc:
+        parser.exit(2, f"error: {exc}\n")
     started = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in SEARCHERS}
-    with tempfile.TemporaryDirectory(prefix="search-replay-") as folder:
-        for seed in range(args.seeds):  # searchers alternate within a seed: a slow moment hits them alike
-            for kind in SEARCHERS:
-                received = run_once(kind, seed, curves, args, Path(folder))
-                runs[kind].append(received)
-    ray.shutdown()
-    budget_max = max(len(r) for kind in runs.values() for r in kind)
-    budgets = sorted({*range(8, budget_max + 1, 8), budget_max})
-    per_run = {kind: [trajectory(r, epochs, budgets) for r in found] for kind, found in runs.items()}
-    results = {kind: summarise(per_run[kind], budgets, grid_best) for kind in SEARCHERS}
-    base = results["told_complete"]["best_any_epoch"][budget_max]["mean"]
-    report = {
-        "benchmark": "search_replay", "when": now_utc(), "machine": machine_info("cpu"), "device": "cpu (replay)",
-        "versions": library_versions(), "curves": args.curves, "curves_recorded_on": recorded.get("machine"),
-        "grid": {"configurations": len(curves), "epochs": epochs, "best_val_miou": grid_best,
-                 "best_configuration": list(max(curves, key=lambda k: max(curves[k].values())))},
-        "settings": {k: getattr(args, k) for k in ("seeds", "num_samples", "max_concurrent", "grace_period",
-                                                   "reduction_factor")},
-        "results": results, "per_run": per_run,
-        "ratio_best_vs_told_complete_at_end": {
-            kind: round(results[kind]["best_any_epoch"][budget_max]["mean"] / base, 4) for kind in SEARCHERS},
-        "wall_s": round(time.perf_counter() - started, 1)}
-    write_json(args.out, report)
-    print(json.dumps({k: v for k, v in report.items() if k != "per_run"}, indent=2, default=str))
+    report = {"benchmark": "search_replay", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "settings": {"seeds": args.seeds, "budget_trials": args.budget_trials, "shares": list(SHARES),
+                           "sequential": "one trial at a time, no Ray"},
+              "methods": {**OPTUNA_METHODS, **PEER_METHODS}, "versions": versions(),
+              "curve_sets": {}}
+    for curves in sets:
+        report["curve_sets"][Path(curves.name).name] = benchmark_set(curves, args.methods, args.seeds,
+                                                                      args.budget_trials)
+    report["wall_s"] = round(time.perf_counter() - started, 1)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 
