@@ -80,13 +80,15 @@ def test_each_pairwise_combination_runs_to_its_report_or_is_refused_before_ray(
     if row["confirm"]:
         argv += ["--confirm-top", "1", "--repeats", "2"]
     code = main_guard("study.run", run.main, argv)
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     if code == 2:  # refused: one line, before anything was written
         lines = [line for line in err.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("study.run: error: "), err
         assert not (tmp_path / "results").exists()
         pytest.skip(f"refused before Ray: {lines[0]}")
     assert code == 0, err[-3000:]
+    stages = f"trials: {SAMPLES}" + (", then the 1 best x 2 seeds" if row["confirm"] else " (optuna")
+    assert stages in out + err, (out + err)[-3000:]
     if row["resume"]:  # a finished study resumed: nothing trains again, the report is written anew
         code = main_guard("study.run", run.main, [*argv, "--resume"])
         assert code == 0, capsys.readouterr().err[-3000:]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from foundation.errors import ConfigError
-from foundation.io import json_text
+from foundation.io import json_text, load_checkpoint
 from study import run, run_trial
 from study.cli import main_guard
 from study.config import TrainConfig
@@ -148,4 +148,4 @@ def test_resuming_a_run_that_stopped_before_its_first_checkpoint_trains_it(toy_r
     assert code == 0, capsys.readouterr().err
     rows = (out / "metrics.csv").read_text().splitlines()
     assert len(rows) == 2 and rows[1].startswith("1,")  # the new run's one epoch, the stale row gone
-    assert torch.load(out / "last.pt", weights_only=False)["config"] == json.loads((out / "config.json").read_text())
+    assert load_checkpoint(out / "last.pt")["config"] == json.loads((out / "config.json").read_text())

@@ -71,7 +71,11 @@ def run_study(settings: StudySettings, native_stderr_log: str | None = None) -> 
         recorded = True  # from here on the experiment folder exists: Ray's logs go there too
         pretrained = pretrain_encoders(settings, plan, announce=say)
         trials = expected_trials(settings)
-        seeds = f" ({len(settings.points)} configurations x {settings.repeats} seeds)" if settings.repeats > 1 else ""
+        seeds = ""
+        if settings.searcher == "grid" and settings.repeats > 1:
+            seeds = f" ({len(settings.points)} configurations x {settings.repeats} seeds)"
+        elif settings.confirm_top:  # the search's own, then its confirm stage's (announced when it starts)
+            seeds = f", then the {settings.confirm_top} best x {settings.repeats} seeds"
         say(f"trials: {trials}{seeds} ({settings.searcher}, {settings.scheduler}), up to "
             f"{plan.max_concurrent} at once")
         try:
