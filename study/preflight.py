@@ -27,7 +27,7 @@ from study.recipes import RECIPES
 from study.samplers import build_sampler
 from study.settings import ResourcePlan, StudySettings
 from study.space import produced
-from study.summary import study_num_classes
+from study.summary import model_cost, study_num_classes
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +132,9 @@ def check_config(settings: StudySettings) -> None:
     check_models(settings)
     encoder_sources(settings)
     check_trials(settings)
-    if known_classes(settings) is not None:
-        check_cost_bounds(settings, known_classes(settings))
+    num_classes = known_classes(settings)
+    if num_classes is not None:
+        check_cost_bounds(settings, num_classes)
 
 
 def known_classes(settings: StudySettings) -> int | None:
@@ -231,12 +232,8 @@ def _cost(cfg: TrainConfig, num_classes: int, metrics: set[str]) -> dict[str, An
         from study.trial_cost import trial_cost
 
         return trial_cost(cfg, num_classes)
-    from segmodels import build_model
-    from segmodels.cost import count_flops, count_parameters
-
-    net = build_model(cfg.model, num_classes, "scratch", variant=cfg.variant)
-    size = (int(cfg.image_size[0]), int(cfg.image_size[1]))
-    return {"params": count_parameters(net), **({"flops": count_flops(net, size)} if "flops" in metrics else {})}
+    params, flops = model_cost(cfg.model, cfg.variant, num_classes, int(cfg.image_size[0]), int(cfg.image_size[1]))
+    return {"params": params, "flops": flops}
 
 
 def check_models(settings: StudySettings) -> None:
