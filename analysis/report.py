@@ -54,6 +54,7 @@ from analysis.score import per_class_frame, score_checkpoint
 from foundation import storage
 from foundation.errors import ConfigError, DataError
 from foundation.io import atomic_write_text, write_json
+from study.budget import report_lines as budget_lines
 from study.cli import OneLineParser, add_option, exit_cli, path_type
 from study.config import DEVICES, TrainConfig, parse_image_size
 from study.data import Labels
@@ -149,7 +150,7 @@ def _write_report(experiment: Path, data_root: str | Path | None, out: Path, cac
     notes += front_notes
     sections = [*([line, ""] if (line := model_headline(model_ranking(df), models)) else []), *sections,
                 *objectives.which_model_lines(models, table["seed"].nunique()),
-                *objectives.infeasible_lines(table, keys)]
+                *objectives.infeasible_lines(table, keys), *budget_lines(str(experiment))]
 
     if remote:  # name the checkpoints where they really are
         table["best_checkpoint"] = [storage.join(remote, Path(p).relative_to(experiment).as_posix()) if p else ""

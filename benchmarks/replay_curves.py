@@ -1,13 +1,14 @@
 """Record, convert or extract curve files (``benchmarks/curves.py``) for ``benchmarks.search_replay`` (no Ray).
 
-    python -m benchmarks.replay_curves --data-root /tmp/toy [--epochs 8] [--out benchmarks/results/...json]
+    python -m benchmarks.replay_curves --grid toy --data-root /tmp/toy [--out benchmarks/results/...json]
     python -m benchmarks.replay_curves --from-study STORAGE/NAME --out benchmarks/results/curves-NAME.json
     python -m benchmarks.replay_curves --convert OLD.json --out NEW.json
 
-Recording: each configuration (model x lr x gamma, init scratch, seed 0) trains once to its last epoch with the
-study's own loop, validating every epoch; ``epoch_seconds`` is the run's measured time (model built, every epoch
-trained and validated) over its epochs. Toy data: ``python -m study.data.toy --root /tmp/toy``. ``--part i/n``
-records every n-th configuration (run n of them side by side), ``--merge`` joins the parts.
+Recording: each configuration of a registered grid (``GRIDS``: what is searched, the loop's fixed settings, its
+seeds) trains once per seed to its last epoch with the study's own loop, validating every ``val_every`` epochs;
+``epoch_seconds`` is the run's measured time (model built, every epoch trained and validated) over its epochs.
+Toy data: ``python -m study.data.toy --root /tmp/toy``. ``--part i/n`` records every n-th run (run n of them side
+by side), ``--merge`` joins the parts.
 
 ``--from-study``: a finished grid study's trials that reached the study's last epoch, each one run: its searched
 values (``analysis.load.searched_keys``) as params, its seed, its val mIoU at each validation (``result.json``,
@@ -33,32 +34,54 @@ from typing import Any
 from benchmarks.curves import Run, curves_json, parse_curves
 from foundation.errors import ConfigError
 
-MODELS = ("segformer", "tv:lraspp_mobilenet_v3_large", "fcn_resnet50")
-LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
-GAMMAS = (0.8, 0.9, 0.98)
 DEFAULT_OUT = "benchmarks/results/curves-toy.json"
+LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+# The grids this module records, by name: what is searched (every combination), the loop's fixed settings, the
+# training seeds, and a description kept in the file. Their data: --data-root (toy: python -m study.data.toy).
+GRIDS: dict[str, dict[str, Any]] = {
+    "toy": {"searched": {"model": ("segformer", "tv:lraspp_mobilenet_v3_large", "fcn_resnet50"), "lr": LRS,
+                         "gamma": (0.8, 0.9, 0.98)},
+            "fixed": {"dataset": "pets", "init": "scratch", "epochs": 8, "batch_size": 16, "image_size": [32, 32],
+                      "val_every": 1},
+            "seeds": (0,), "data": "study.data.toy (pets), 32x32, batch 16, init scratch, seed 0"},
+    "pets-samples": {"searched": {"model": ("segformer", "tv:lraspp_mobilenet_v3_large"), "lr": LRS,
+                                  "gamma": (0.8, 0.9, 0.98)},
+                     "fixed": {"dataset": "pets", "init": "scratch", "epochs": 16, "batch_size": 16,
+                               "image_size": [64, 64], "val_every": 2},
+                     "seeds": (0,), "data": "the genuine Oxford-IIIT Pet samples (../shared/data: 198 trainval, "
+                                            "val split from them as the study does), 64x64, batch 16, "
+                                            "init scratch, seed 0, validated every 2 epochs"},
+    "toy-cityscapes-2seeds": {"searched": {"model": ("segformer", "tv:lraspp_mobilenet_v3_large"), "lr": LRS,
+                                           "gamma": (0.85, 0.97)},
+                              "fixed": {"dataset": "cityscapes", "init": "scratch", "epochs": 12, "batch_size": 8,
+                                        "image_size": [32, 64], "val_every": 1},
+                              "seeds": (0, 1), "data": "study.data.toy (cityscapes, 19 classes, 255 ignored), 32x64, "
+                                                       "batch 8, init scratch, seeds 0 and 1"},
+}
 
 
-def grid() -> list[dict[str, Any]]:
-    return [{"model": m, "lr": lr, "gamma": g} for m, lr, g in itertools.product(MODELS, LRS, GAMMAS)]
+def grid(name: str = "toy") -> list[dict[str, Any]]:
+    searched = GRIDS[name]["searched"]
+    return [dict(zip(searched, values, strict=True)) for values in itertools.product(*searched.values())]
 
 
-def record(data_root: str, epochs: int, part: tuple[int, int]) -> list[dict[str, Any]]:
-    """Train every ``part[1]``-th configuration from ``part[0]``; returns one record per configuration."""
+def record(data_root: str, part: tuple[int, int], name: str = "toy") -> list[dict[str, Any]]:
+    """Train every ``part[1]``-th run (configuration x seed) from ``part[0]`` of grid ``name``; one record per run."""
     from study.config import TrainConfig
     from study.loop import train
     from study.trial import build_trial_model, load_splits
 
-    found = []
-    for config in grid()[part[0]::part[1]]:
-        cfg = TrainConfig(dataset="pets", data_root=data_root, init="scratch", epochs=epochs, batch_size=16,
-                          image_size=[32, 32], val_every=1, seed=0, **config)
+    spec, found = GRIDS[name], []
+    runs = [(config, seed) for config in grid(name) for seed in spec["seeds"]]
+    for config, seed in runs[part[0]::part[1]]:
+        cfg = TrainConfig(data_root=data_root, seed=seed, **spec["fixed"], **config)
         train_set, val_set = load_splits(cfg)
         started = time.perf_counter()
         result = train(cfg, train_set, val_set, build_trial_model(cfg, train_set.num_classes))
         curve = {int(r["epoch"]): float(r["val_miou"]) for r in result.rows}
         train_s = time.perf_counter() - started
-        found.append({"params": config, "curve": curve, "epoch_seconds": round(train_s / epochs, 3), "seed": 0})
+        found.append({"params": config, "curve": curve, "epoch_seconds": round(train_s / cfg.epochs, 3),
+                      "seed": seed})
         print(json.dumps(found[-1]), flush=True)
     return found
 
@@ -133,7 +156,7 @@ def write_checked(out: str, data: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", default="/tmp/toy")
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--grid", choices=sorted(GRIDS), default="toy", help="the grid to record (GRIDS)")
     parser.add_argument("--part", default="0/1")
     parser.add_argument("--merge", nargs="*", help="part files to join into --out")
     parser.add_argument("--from-study", help="a finished grid study's folder (STORAGE/NAME)")
@@ -158,9 +181,12 @@ def main(argv: list[str] | None = None) -> int:
         write_checked(args.out, {**first, "configurations": configs})
         return 0
     index, count = (int(v) for v in args.part.split("/"))
-    configs = record(args.data_root, args.epochs, (index, count))
-    data = {"benchmark": "replay_curves", "when": now_utc(), "machine": machine_info("cpu"),
-            "data": "study.data.toy (pets), 32x32, batch 16, init scratch, seed 0", "epochs": args.epochs,
+    started = time.perf_counter()
+    configs = record(args.data_root, (index, count), args.grid)
+    spec = GRIDS[args.grid]
+    data = {"benchmark": "replay_curves", "grid": args.grid, "when": now_utc(), "machine": machine_info("cpu"),
+            "data": spec["data"], "data_root": args.data_root, "fixed": spec["fixed"],
+            "recording_s": round(time.perf_counter() - started, 1), "epochs": spec["fixed"]["epochs"],
             "configurations": configs}
     if count == 1:
         write_checked(args.out, data)

@@ -157,32 +157,82 @@ class OptunaMethod:
             self.study.tell(job.handle, state=state.PRUNED)
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """An Optuna-based method: its sampler, how trials are stopped, and how a stopped trial is told.
+
+    ``startup``: TPE's random startup trials (None: Optuna's 10); ``grace``: ASHA's first rung in epochs (an int),
+    or a share of the epochs (a float below 1: 0.5 is half the epochs, rounded down, at least 1); ``brackets``:
+    Ray's ``brackets`` (Hyperband over grace periods)."""
+
+    what: str
+    sampler: str = "tpe"  # tpe | tpe_liar | random
+    startup: int | None = None
+    asha: bool = True
+    grace: int | float = 1
+    rf: int = 4
+    brackets: int = 1
+    told: str = "complete"
+    step: str = "iteration"
+    pruner: str | None = None  # "hyperband": Optuna's HyperbandPruner() instead of ASHA
+
+
+OPTUNA_RECIPES: dict[str, Recipe] = {
+    # segstudy's default: study/samplers.py (tpe), the study's ASHA (StudySettings: grace_period, reduction_factor),
+    # optuna_store.py (a stopped trial told PRUNED, its values by epoch)
+    "segstudy": Recipe("TPESampler(constant_liar=True) + ASHA(grace 2, rf 2); a stopped trial told PRUNED (the "
+                       "default, kept by the benchmark: docs/search-benchmark.md)", "tpe_liar", grace=2, rf=2,
+                       told="pruned", step="epoch"),
+    "ray_default": Recipe("OptunaSearch's TPESampler() + ASHAScheduler() defaults (grace 1, rf 4); stopped -> "
+                          "COMPLETE"),
+    "random_asha": Recipe("RandomSampler() + ASHAScheduler() defaults (grace 1, rf 4); stopped -> COMPLETE",
+                          "random"),
+    "tpe_no_stopping": Recipe("TPESampler(), every trial to its last epoch", asha=False),
+    "tpe_hyperband": Recipe("TPESampler() + HyperbandPruner() defaults (min_resource 1, max 'auto', rf 3)",
+                            asha=False, pruner="hyperband", step="epoch"),
+}
+# Candidates for the default, measured beside it (docs/search-benchmark.md says which won and why).
+CANDIDATES: dict[str, Recipe] = {
+    "cand_startup4": Recipe("TPE(liar, 4 startup) + ASHA(grace 2, rf 2), PRUNED", "tpe_liar", startup=4, grace=2,
+                            rf=2, told="pruned", step="epoch"),
+    "cand_brackets3": Recipe("TPE(liar) + ASHA(grace 1, rf 2, 3 brackets), PRUNED", "tpe_liar", grace=1, rf=2,
+                             brackets=3, told="pruned", step="epoch"),
+    "cand_half4": Recipe("TPE(liar, 4 startup) + ASHA(grace half the epochs, rf 2), PRUNED", "tpe_liar", startup=4,
+                        grace=0.5, rf=2, told="pruned", step="epoch"),
+    "cand_half10": Recipe("TPE(liar) + ASHA(grace half the epochs, rf 2), PRUNED", "tpe_liar", grace=0.5, rf=2,
+                          told="pruned", step="epoch"),
+    "cand_half_rf3": Recipe("TPE(liar, 4 startup) + ASHA(grace half the epochs, rf 3), PRUNED", "tpe_liar",
+                            startup=4, grace=0.5, rf=3, told="pruned", step="epoch"),
+    "cand_third": Recipe("TPE(liar, 4 startup) + ASHA(grace a third of the epochs, rf 2), PRUNED", "tpe_liar",
+                         startup=4, grace=0.34, rf=2, told="pruned", step="epoch"),
+    "cand_quarter_b2": Recipe("TPE(liar, 4 startup) + ASHA(grace a quarter, rf 2, 2 brackets), PRUNED", "tpe_liar",
+                           startup=4, grace=0.25, rf=2, brackets=2, told="pruned", step="epoch"),
+    "cand_nostop4": Recipe("TPE(liar, 4 startup), no stopping", "tpe_liar", startup=4, asha=False),
+    "cand_b3_rf3": Recipe("TPE(liar, 4 startup) + ASHA(grace 1, rf 3, 3 brackets), PRUNED", "tpe_liar", startup=4,
+                          grace=1, rf=3, brackets=3, told="pruned", step="epoch"),
+    "cand_b2": Recipe("TPE(liar, 4 startup) + ASHA(grace 1, rf 2, 2 brackets), PRUNED", "tpe_liar", startup=4,
+                      grace=1, rf=2, brackets=2, told="pruned", step="epoch"),
+    "cand_b4": Recipe("TPE(liar, 4 startup) + ASHA(grace 1, rf 2, 4 brackets), PRUNED", "tpe_liar", startup=4,
+                      grace=1, rf=2, brackets=4, told="pruned", step="epoch"),
+}
+
+
 def optuna_method(name: str, space: Space, epochs: int, seed: int) -> OptunaMethod:
-    """The Optuna-based methods, each with its own defaults (``METHODS`` says which)."""
+    """An Optuna-based method built from its ``Recipe``."""
     import optuna
 
-    tpe = optuna.samplers.TPESampler
-    rng = np.random.default_rng(seed)
-    if name == "segstudy":  # study/samplers.py, study/orchestrate/tuner.py + optuna_store.py, study/settings.py
-        return OptunaMethod(space, epochs, tpe(seed=seed, constant_liar=True), told="pruned", step="epoch",
-                            asha=Asha(epochs, grace_period=min(2, epochs), reduction_factor=2, rng=rng))
-    if name == "ray_default":  # OptunaSearch() + ASHAScheduler(time_attr="epoch", max_t=epochs), Ray's defaults
-        return OptunaMethod(space, epochs, tpe(seed=seed), told="complete", step="iteration",
-                            asha=Asha(epochs, grace_period=1, reduction_factor=4, rng=rng))
-    if name == "random_asha":
-        return OptunaMethod(space, epochs, optuna.samplers.RandomSampler(seed=seed), told="complete",
-                            step="iteration", asha=Asha(epochs, grace_period=1, reduction_factor=4, rng=rng))
-    if name == "tpe_no_stopping":
-        return OptunaMethod(space, epochs, tpe(seed=seed))
-    if name == "tpe_hyperband":
-        return OptunaMethod(space, epochs, tpe(seed=seed), pruner=optuna.pruners.HyperbandPruner())
-    raise KeyError(name)
+    recipe = {**OPTUNA_RECIPES, **CANDIDATES}[name]
+    startup = {} if recipe.startup is None else {"n_startup_trials": recipe.startup}
+    sampler = {"tpe": lambda: optuna.samplers.TPESampler(seed=seed, **startup),
+               "tpe_liar": lambda: optuna.samplers.TPESampler(seed=seed, constant_liar=True, **startup),
+               "random": lambda: optuna.samplers.RandomSampler(seed=seed)}[recipe.sampler]()
+    asha = None
+    if recipe.asha:
+        grace = min(int(recipe.grace), epochs) if isinstance(recipe.grace, int) else max(1, int(epochs * recipe.grace))
+        asha = Asha(epochs, grace_period=grace, reduction_factor=recipe.rf, brackets=recipe.brackets,
+                    rng=np.random.default_rng(seed))
+    pruner = optuna.pruners.HyperbandPruner() if recipe.pruner == "hyperband" else None
+    return OptunaMethod(space, epochs, sampler, asha=asha, pruner=pruner, told=recipe.told, step=recipe.step)
 
 
-OPTUNA_METHODS = {
-    "segstudy": "TPESampler(constant_liar=True) + ASHA(grace 2, rf 2); a stopped trial told PRUNED (today's default)",
-    "ray_default": "OptunaSearch's TPESampler() + ASHAScheduler() defaults (grace 1, rf 4); stopped -> COMPLETE",
-    "random_asha": "RandomSampler() + ASHAScheduler() defaults (grace 1, rf 4); stopped -> COMPLETE",
-    "tpe_no_stopping": "TPESampler(), every trial to its last epoch",
-    "tpe_hyperband": "TPESampler() + HyperbandPruner() defaults (min_resource 1, max 'auto', rf 3)",
-}
+OPTUNA_METHODS = {name: recipe.what for name, recipe in OPTUNA_RECIPES.items()}

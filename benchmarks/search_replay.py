@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.curves import CurveSet, Run, params_key, read_curves
-from benchmarks.search_methods import OPTUNA_METHODS, Space, optuna_method
+from benchmarks.search_methods import CANDIDATES, OPTUNA_METHODS, Space, optuna_method
 from benchmarks.search_stats import normalised_regret, summarise
 from foundation.errors import ConfigError
 
@@ -49,7 +49,7 @@ MAX_TRIALS = 5000  # a method that never spends the budget (nothing left to sugg
 
 
 def make_method(name: str, space: Space, epochs: int, first_epoch: int, seed: int) -> Any:
-    if name in OPTUNA_METHODS:
+    if name in OPTUNA_METHODS or name in CANDIDATES:
         return optuna_method(name, space, epochs, seed)
     from benchmarks.search_peers import peer_method
 
@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=[*OPTUNA_METHODS, *PEER_METHODS])
     parser.add_argument("--out", default="benchmarks/results/search-benchmark-toy.json")
     args = parser.parse_args(argv)
-    unknown = [m for m in args.methods if m not in {**OPTUNA_METHODS, **PEER_METHODS}]
+    known = {**OPTUNA_METHODS, **PEER_METHODS, **{k: v.what for k, v in CANDIDATES.items()}}
+    unknown = [m for m in args.methods if m not in known]
     if unknown:
         parser.exit(2, f"error: --methods: unknown {', '.join(unknown)}; known: {', '.join(OPTUNA_METHODS)}, "
                        f"{', '.join(PEER_METHODS)}\n")
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"benchmark": "search_replay", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "settings": {"seeds": args.seeds, "budget_trials": args.budget_trials, "shares": list(SHARES),
                            "sequential": "one trial at a time, no Ray"},
-              "methods": {**OPTUNA_METHODS, **PEER_METHODS}, "versions": versions(),
+              "methods": {m: known[m] for m in args.methods}, "versions": versions(),
               "curve_sets": {}}
     for curves in sets:
         report["curve_sets"][Path(curves.name).name] = benchmark_set(curves, args.methods, args.seeds,

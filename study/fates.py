@@ -10,6 +10,9 @@ epochs it reached. Who writes what, and when:
   violated bounds and the cost);
 - the scheduler (``study.orchestrate.stops.RecordingASHA``): ``stopped early (ASHA)`` at the moment ASHA
   stops a trial before its last epoch;
+- the budget (``study.orchestrate.budget.BudgetScheduler``, ``--budget``): ``budget`` at the validation where
+  a trial stops because the study's device-time is spent (it keeps its best checkpoint), and for a trial that
+  was waiting to start then (it never trains);
 - the study, when it is stopped (SIGINT, SIGTERM): ``interrupted`` for every trial still unfinished; a
   resumed study overwrites that with how the trial then ends;
 - ``--resume``, for a trial that Tune's saved state does not know (a driver killed between Tune creating it
@@ -33,9 +36,10 @@ ENDED_SHORT = "ended short"  # returned before its epochs with no scheduler deci
 ERROR = "error"
 INTERRUPTED = "interrupted"
 INFEASIBLE = "infeasible"  # never trained: its measured cost violated a constraint checked before training
-ENDED = (COMPLETED, STOPPED_BY_ASHA, ENDED_SHORT, INFEASIBLE)  # a trial with one of these never trains again
+BUDGET = "budget"  # stopped (or never started) because the study's device-time budget was spent (--budget)
+ENDED = (COMPLETED, STOPPED_BY_ASHA, ENDED_SHORT, INFEASIBLE, BUDGET)  # a trial with one of these never trains again
 FINAL = (*ENDED, ERROR)  # how a run of the study can leave a trial; --resume retries the errored ones
-STATUS = {COMPLETED: "done", STOPPED_BY_ASHA: "done", ENDED_SHORT: "done", ERROR: "error",
+STATUS = {COMPLETED: "done", STOPPED_BY_ASHA: "done", ENDED_SHORT: "done", ERROR: "error", BUDGET: "done",
           INTERRUPTED: "interrupted", INFEASIBLE: "infeasible"}  # summary.csv's status; no record: "running"
 
 

@@ -188,6 +188,30 @@ class Pair(Kind):
     parse = check
 
 
+class Duration(Kind):
+    """A length of time in seconds: ``7200``, ``"90s"``, ``"30m"``, ``"2h"``, ``"1.5h"``; > 0, or None (unset)."""
+
+    expected = "a duration > 0: seconds, or a number with s, m or h (e.g. 90s, 30m, 2h)"
+    metavar = "DURATION"
+    UNITS = {"s": 1, "m": 60, "h": 3600}
+
+    def check(self, value: Any) -> float | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            text = value.strip().lower()
+            scale = self.UNITS.get(text[-1:], None)
+            try:
+                value = float(text[:-1] if scale else text) * (scale or 1)
+            except ValueError:
+                raise ValueError(self.expected) from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ValueError(self.expected)
+        return float(value)
+
+    parse = check
+
+
 def option(default: Any, help: str, group: str, kind: Kind, *, where: Iterable[str] = ("run", "trial"),
            factory: Callable[[], Any] | None = None, task_key: str | None = None, cli: str | None = None,
            fmt: str | None = None) -> Any:

@@ -23,8 +23,8 @@ from study.config import (
     parse_image_size,
 )
 from study.constraints import BEFORE_TRAINING, unmeetable
-from study.layout import CONFIRM_DIR
-from study.options import Choice, Flag, Kind, LocalPath, Number, Text, option
+from study.layout import CONFIRM_DIR, STUDY_FILE
+from study.options import Choice, Duration, Flag, Kind, LocalPath, Number, Text, option
 from study.samplers import SAMPLERS
 
 log = logging.getLogger(__name__)
@@ -154,6 +154,10 @@ class StudySettings(TrainConfig):
                                         where=("space",), factory=lambda: {"val_miou": "max"})
     constraints: dict[str, dict[str, float]] = option(None, "bounds a configuration must meet: metric -> {max: X}",
                                                       "search", Constraints(), where=("space",), factory=dict)
+    budget: float | None = option(None, "the seconds the trials may hold their devices, summed over devices (GPUs, "
+                                        "or 1 per CPU trial worker): seconds, or 90s, 30m, 2h; once spent no trial "
+                                        "starts and a running one stops at its next validation (default: none)",
+                                  "search", Duration(), where=("run", "space", "resume"))
     max_concurrent: int = option(0, "trials at once (0: as resources allow)", "resources", Number(int, 0), where=RUN)
     cpus_per_trial: float = option(1.0, "CPUs per trial", "resources", Number(float, 0, low_open=True), where=RUN)
     gpus_per_trial: float | None = option(None, "GPUs per trial, fractional for one-worker trials (default: sized "
@@ -198,6 +202,14 @@ class StudySettings(TrainConfig):
     @property
     def experiment_dir(self) -> str:
         return storage.join(self.storage, self.name)
+
+    @property
+    def study_dir(self) -> str:
+        """The study's own folder: its experiment folder, or for its confirm stage (``confirm_stage``) the
+        search's, which holds the confirm stage's folder, ``optuna.db`` and ``budget.json``."""
+        if self.name == CONFIRM_DIR and storage.exists(storage.join(self.storage, STUDY_FILE)):
+            return self.storage
+        return self.experiment_dir
 
     def trial_base(self, pretrained_by_model: dict[str, str], plan: ResourcePlan) -> dict[str, Any]:
         """The TrainConfig fields every trial shares (this study's values of them); a trial's searched fields

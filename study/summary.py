@@ -3,7 +3,8 @@
 ``load_history`` gives one row per trial per validation; ``summary_table`` reduces it to one row per
 trial with ``SUMMARY_COLUMNS``. ``study.run`` writes ``summary.csv`` from it and ``analysis`` reads
 the same table; both take "stopped early", "error" or "interrupted" from the record ``study.fates``
-keeps, written when the trial ended.
+keeps, written when the trial ended. A trial the device-time budget stopped (``--budget``) is "done" with
+stop_reason "budget", not stopped early: ASHA did not judge it.
 
 ``add_cost`` gives each trial its model's parameter count and forward FLOPs per image at the study's image
 size (``segmodels.cost``). They are counted here, once per (model, variant, classes, image size), on the model

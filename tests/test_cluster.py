@@ -275,8 +275,10 @@ def test_study_spans_two_nodes(two_nodes: dict, small_toy_root: Path, cache_dir:
             "--epochs", "2", "--no-report",
             "--pretrained-segformer", str(encoders["segformer"]), "--pretrained-fcn", str(encoders["fcn_resnet50"]),
             "--cache-dir", str(cache_dir), "--trial-runner", trial_runner]
+    # Both trials pending at once (Tune's default for a searcher is one at a time): each node has one CPU, so they
+    # must start on different nodes, however fast the first one ends on a loaded machine.
     env = {**two_nodes["env"], "RAY_ADDRESS": two_nodes["address"], "SEGSTUDY_CACHE": str(cache_dir),
-           "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+           "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "TUNE_MAX_PENDING_TRIALS_PG": "2"}
     driver = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               start_new_session=True)
     try:

@@ -3,9 +3,9 @@
 The options form a matrix (``FACTORS``); every pair of values of any two factors is run at least once (a pairwise
 covering array from ``allpairspy``), each row a real study through ``python -m study.run``'s own ``main`` on the
 session's Ray, at toy size: SegFormer-B0 from scratch, 32x32 images, 2 epochs, 2 trials (and a confirm
-stage's 2). optuna.db is checked too: every sampler's trials told what happened, with their constraints where
-optuna-dashboard reads them. Each must either exit 2
-before Ray with one line, or exit 0 with a report whose sections match what ran.
+stage's 2), one at a time (one trial actor a stage, reused: an actor's start costs more than its toy trial).
+optuna.db is checked too: every sampler's trials told what happened, with their constraints where optuna-dashboard
+reads them. Each must either exit 2 before Ray with one line, or exit 0 with a report whose sections match what ran.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ FACTORS: dict[str, list[Any]] = {
     "confirm": [False, True],
     "resume": [False, True],
     "recipe": ["report", "standard"],
+    "budget": ["none", "1h"],  # a device-time budget this toy study does not spend: its machinery in every pair
 }
 OBJECTIVES = {1: {"val_miou": "max"}, 2: {"val_miou": "max", "params": "min"},
               3: {"val_miou": "max", "latency_ms": "min", "params": "min"}}
@@ -56,6 +57,8 @@ def space_of(row: dict[str, Any]) -> dict[str, Any]:
             "objectives": OBJECTIVES[row["objectives"]], "space": space, "pretrain": "none"}
     if CONSTRAINTS[row["constraints"]]:
         data["constraints"] = CONSTRAINTS[row["constraints"]]
+    if row["budget"] != "none":
+        data["budget"] = row["budget"]
     return data
 
 
@@ -76,7 +79,7 @@ def test_each_pairwise_combination_runs_to_its_report_or_is_refused_before_ray(
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump(space_of(row), sort_keys=False))
     argv = ["--space", str(space), "--name", "m", "--storage", str(tmp_path / "results"), "--data-root",
-            str(small_toy_root), "--cache-dir", str(cache_dir)]
+            str(small_toy_root), "--cache-dir", str(cache_dir), "--max-concurrent", "1"]  # one trial actor a stage
     if row["confirm"]:
         argv += ["--confirm-top", "1", "--repeats", "2"]
     code = main_guard("study.run", run.main, argv)
@@ -89,6 +92,7 @@ def test_each_pairwise_combination_runs_to_its_report_or_is_refused_before_ray(
     assert code == 0, err[-3000:]
     stages = f"trials: {SAMPLES}" + (", then the 1 best x 2 seeds" if row["confirm"] else " (optuna")
     assert stages in out + err, (out + err)[-3000:]
+    assert ("of the 60.0 min budget; per model: segformer" in out) == (row["budget"] != "none"), out[-3000:]
     if row["resume"]:  # a finished study resumed: nothing trains again, the report is written anew
         code = main_guard("study.run", run.main, [*argv, "--resume"])
         assert code == 0, capsys.readouterr().err[-3000:]
@@ -110,6 +114,7 @@ def check_report(row: dict[str, Any], experiment: Path) -> None:
     assert searched in header.split(" | ") or f"{searched} |" in header, header
     if row["confirm"]:
         assert "confirm" in text.lower()
+    assert ("Device-time budget" in sections) == (row["budget"] != "none"), sections
     for metric in CONSTRAINTS[row["constraints"]]:
         assert metric in text
 

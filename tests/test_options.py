@@ -25,7 +25,7 @@ ARGV = {"demo": ["--preset", "demo", "--storage", "/tmp/st", "--data-root", "/tm
 NEW = {"model", "init", "pretrained", "variant", "lr", "gamma", "weight_decay", "device", "device_memory_share",
        "sampler", "objectives", "constraints", "recipe", "schedule", "warmup", "poly_power", "head_lr_mult",
        "norm_decay_mult", "base_size", "ratio_range", "cat_max_ratio", "photometric", "eval_at", "eval_mode",
-       "slide_window", "slide_stride", "remeasure_cost"}
+       "slide_window", "slide_stride", "remeasure_cost", "budget"}
 # No longer settings: the resource plan's (recorded beside the settings in study.json), and the CLI's log file.
 MOVED = {"gpus_per_model", "native_stderr_log"}
 

@@ -18,7 +18,8 @@ from rich.live import Live
 from rich.table import Table
 
 from foundation import storage
-from study.fates import COMPLETED, ERROR, INFEASIBLE, STOPPED_BY_ASHA, fate_of
+from study.budget import read_limit, spent_by_model, spent_text
+from study.fates import BUDGET, COMPLETED, ERROR, INFEASIBLE, STOPPED_BY_ASHA, fate_of
 from study.layout import SUMMARY_FILE, error_file, trial_dir, tune_results
 from study.options import show
 from study.orchestrate.stops import staging_dir
@@ -91,9 +92,13 @@ class TrialTable(tune.Callback):
         row["epoch"] = max([0, *(r["epoch"] for r in recorded if "epoch" in r)])
         scores = [r["val_miou"] for r in recorded if r.get("val_miou") is not None]
         row["best"] = max(scores) if scores else None
-        row["status"] = "stopped" if fate == STOPPED_BY_ASHA else "done"
+        row["status"] = {STOPPED_BY_ASHA: "stopped", BUDGET: "budget"}.get(fate, "done")
         best = f"{row['best']:.4f}" if row["best"] is not None else "-"
-        said = {STOPPED_BY_ASHA: "stopped by ASHA", COMPLETED: "finished"}.get(fate, fate or "ended")
+        if fate == BUDGET and not recorded:  # it was waiting to start when the budget was spent
+            self.announce(f"trial {trial.trial_id} not started: the device-time budget is spent")
+            return
+        said = {STOPPED_BY_ASHA: "stopped by ASHA", COMPLETED: "finished",
+                BUDGET: "stopped (budget spent)"}.get(fate, fate or "ended")
         self.announce(f"trial {trial.trial_id} {said} at epoch {row['epoch']}/{self.settings.epochs}: "
                       f"best val mIoU {best}")
 
@@ -149,6 +154,10 @@ def print_summary(settings: StudySettings, summary: pd.DataFrame) -> None:
     for rank, row in enumerate(summary.itertuples(), start=1):
         table.add_row(str(rank), str(row.trial_id), *(show(StudySettings, k, getattr(row, k, None)) for k in keys),
                       str(row.seed), f"{row.epochs}/{settings.epochs}", f"{row.best_val_miou:.4f}",
-                      "yes" if row.stopped_early else (row.status if row.status != "done" else "no"))
+                      "yes" if row.stopped_early else "budget" if getattr(row, "stop_reason", "") == BUDGET else
+                      (row.status if row.status != "done" else "no"))
     console().print(table)
+    limit = read_limit(settings.experiment_dir)
+    if limit is not None:  # one line: what the trials spent of the budget, per model (study.budget)
+        say(spent_text(spent_by_model(settings.experiment_dir), limit))
     say(f"results: {storage.display(settings.experiment_dir)} ({SUMMARY_FILE})")

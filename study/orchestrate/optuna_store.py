@@ -9,8 +9,9 @@ afterwards:
   intermediate values for, the user attribute ``val_miou_curve``). Once it ends it is told what happened
   (``told_state``): ``COMPLETE`` only when it ran all its epochs, with the value(s) of its **last** result, not
   its best (the best is the user attribute ``best_val_miou``); ``PRUNED`` when ASHA stopped it (its value: the
-  last intermediate value) or it was refused before training as ``infeasible``; ``FAIL`` when it errored. Ray's
-  own ``OptunaSearch`` tells every stopped trial ``COMPLETE``. Its constraint values (``study.constraints``, <= 0:
+  last intermediate value), the device-time budget stopped it short of its epochs, or it was refused before
+  training as ``infeasible``; ``FAIL`` when it errored. Ray's own ``OptunaSearch`` tells every stopped trial
+  ``COMPLETE``. Its constraint values (``study.constraints``, <= 0:
   met) are the system attribute ``constraints``, a list in ``study.constraints.bounds`` order: what Optuna's
   samplers read (``FrozenTrial.constraints``) and what the dashboard shows as the trial's feasibility; the user
   attributes ``constraints`` (each value by its bound's name) and ``feasible`` name them. The measured cost is kept
@@ -60,7 +61,7 @@ from study.constraints import (
     constraint_values,
     directions,
 )
-from study.layout import CONFIRM_DIR, STUDY_FILE, tune_results
+from study.layout import tune_results
 from study.orchestrate.stops import staging_dir
 from study.settings import StudySettings
 
@@ -128,9 +129,8 @@ class OptunaDatabase:
 def database(settings: StudySettings) -> tuple[OptunaDatabase, str]:
     """The study's database and the Optuna study name of this stage: ``NAME``, or ``NAME-confirm`` for a
     search's confirm stage (run as the Tune experiment ``STORAGE/NAME/confirm``, ``StudySettings.confirm_stage``)."""
-    root, name = settings.experiment_dir, settings.name
-    if settings.name == CONFIRM_DIR and storage.exists(storage.join(settings.storage, STUDY_FILE)):
-        root = settings.storage
+    root, name = settings.study_dir, settings.name
+    if root != settings.experiment_dir:
         name = storage.display(root).rstrip("/").rsplit("/", 1)[-1] + CONFIRM_SUFFIX
     return OptunaDatabase(storage.join(root, OPTUNA_FILE), settings.cache_dir), name
 
@@ -147,7 +147,8 @@ def _finite(value: Any) -> bool:
 
 def told_state(result: dict | None, error: bool, epochs: int | None) -> TrialState:
     """What Optuna is told a trial ended as, from what is known of it: ``FAIL`` when it errored or ended without
-    a val mIoU; ``PRUNED`` when its last result is short of its ``epochs`` (ASHA stopped it, or it ended short)
+    a val mIoU; ``PRUNED`` when its last result is short of its ``epochs`` (ASHA or the budget stopped it, or it
+    ended short)
     or it was never trained (``infeasible``: a constraint checked before training); ``COMPLETE`` only when it
     ran all its epochs (``epochs`` None: not known, taken as complete)."""
     result = result or {}

@@ -33,6 +33,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from foundation import storage
+from study.budget import DEVICES_KEY, devices_held
 from study.config import TrainConfig
 from study.constraints import VIOLATIONS_KEY
 from study.fates import ENDED, read_fate
@@ -56,10 +57,12 @@ MAX_FAILURES = 3
 KEEP_CHECKPOINTS = 2  # the two best by val mIoU; Tune and Train both keep the latest too
 
 
-def _metrics(event: ValidationEvent, cost: dict[str, Any] | None = None) -> dict[str, Any]:
+def _metrics(event: ValidationEvent, cost: dict[str, Any] | None = None, workers: int = 1) -> dict[str, Any]:
     """What every validation reports: the loop's row, the trial's measured cost (``study.trial_cost``: the
-    searcher's objectives and constraints read it from the last result) and which node and process trained it."""
-    return {**event.row, **(cost or {}), "is_best": event.is_best,
+    searcher's objectives and constraints read it from the last result), which node and process trained it, and
+    the devices the trial holds (``study.budget``: this worker's GPU share x its ``workers``, else one per worker)."""
+    gpus = ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0)
+    return {**event.row, **(cost or {}), "is_best": event.is_best, DEVICES_KEY: devices_held(gpus * workers, workers),
             "node_id": ray.get_runtime_context().get_node_id(), "worker_pid": os.getpid()}
 
 
@@ -148,7 +151,7 @@ def train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     resume, history = _resume_from(ray.train.get_checkpoint())
 
     def on_validation(event: ValidationEvent) -> None:
-        metrics = _metrics(event, loop_config.get("cost"))
+        metrics = _metrics(event, loop_config.get("cost"), ray.train.get_context().get_world_size())
         if rank != 0:
             ray.train.report(metrics)  # every rank reports (a barrier); only rank 0 saves
             return

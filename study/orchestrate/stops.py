@@ -120,10 +120,11 @@ def expected_trials(settings: StudySettings) -> int:
     return len(settings.grid_points()) if settings.searcher == "grid" else settings.num_samples
 
 
-def check_finished(settings: StudySettings, results: Any) -> Any:
+def check_finished(settings: StudySettings, results: Any, budget_spent: bool = False) -> Any:
     """Raise ``StudyInterrupted`` when Tune stopped before the study's trials all ended (SIGINT, or SIGTERM
     through the CLI): the state Tune saved then describes the study at that moment, and every unfinished
-    trial is recorded ``interrupted`` (``--resume`` continues them, and records how they then end)."""
+    trial is recorded ``interrupted`` (``--resume`` continues them, and records how they then end). A search
+    whose device-time budget is spent (``budget_spent``) ran fewer trials than asked, and is finished."""
     # Every trial of the run, restored ones included. Their status cannot tell: Tune's cleanup after a stop marks
     # the running ones TERMINATED (after saving them as RUNNING); the fates that ``FateRecorder`` wrote can.
     # Storage has every record by now: Tune synced the staging copy before returning.
@@ -133,7 +134,7 @@ def check_finished(settings: StudySettings, results: Any) -> Any:
         epoch = last_recorded_epoch(settings.experiment_dir, trial.trial_id)
         for folder in (settings.experiment_dir, staging_dir(trial)):
             record_fate(folder, trial.trial_id, INTERRUPTED, epoch)
-    if unfinished or len(trials) < expected_trials(settings):
+    if unfinished or (len(trials) < expected_trials(settings) and not budget_spent):
         raise StudyInterrupted(f"{len(trials) - len(unfinished)} of {expected_trials(settings)} trials ended, "
                                f"{len(unfinished)} interrupted; Tune saved the study's state: continue it with "
                                f"--resume (same --storage and --name)")

@@ -7,19 +7,19 @@ import os
 from typing import Any
 
 from ray import tune
-from ray.tune.schedulers import FIFOScheduler
-from ray.tune.search import BasicVariantGenerator
+from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
 from foundation import storage
+from study.budget import is_spent, spent_by_model, spent_text, write_limit
 from study.layout import trial_dirname
+from study.orchestrate.budget import BudgetedASHA, BudgetedFIFO, BudgetSearch, budget_left
 from study.orchestrate.cluster import driver_request
-from study.orchestrate.console import TrialTable
+from study.orchestrate.console import TrialTable, say
 from study.orchestrate.optuna_store import optuna_callbacks, optuna_search
 from study.orchestrate.runners import KEEP_CHECKPOINTS, MAX_FAILURES, train_trial, tune_trial
 from study.orchestrate.stops import (
     STATE_SAVE_PERIOD_S,
     FateRecorder,
-    RecordingASHA,
     check_finished,
     reconcile_with_storage,
 )
@@ -74,11 +74,18 @@ def run_tune(settings: StudySettings, plan: ResourcePlan, pretrained: dict[str, 
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", STATE_SAVE_PERIOD_S)
     fn = trainable(settings, plan, pretrained)
+    root = settings.study_dir
+    if settings.budget:  # the limit in effect (a resume may raise it), read by the scheduler and the report
+        write_limit(root, settings.budget)
+        left = budget_left(root)
+        if left is not None and left <= 0:
+            say(f"budget: {spent_text(spent_by_model(root), settings.budget)}: no trial starts")
+            return None
     if settings.resume and tune.Tuner.can_restore(settings.experiment_dir):
         reconcile_with_storage(settings.experiment_dir)
         # The restored run config (callbacks included) is the one saved when the study started.
         tuner = tune.Tuner.restore(settings.experiment_dir, trainable=fn, resume_unfinished=True, resume_errored=True)
-        return check_finished(settings, tuner.fit())
+        return check_finished(settings, tuner.fit(), is_spent(root))
 
     if settings.searcher == "grid":  # the report's grid (or a confirm stage): exactly these points, each seed
         points = settings.grid_points()
@@ -92,17 +99,22 @@ def run_tune(settings: StudySettings, plan: ResourcePlan, pretrained: dict[str, 
         search_alg = optuna_search(settings, points_to_evaluate=settings.points[: settings.num_samples] or None,
                                    sampler=build_sampler(settings.sampler, settings.seed, settings.num_samples))
         num_samples = settings.num_samples
+    max_concurrent = plan.max_concurrent
+    if settings.budget and settings.searcher != "grid":  # a search the budget ends, reopened on a resume with more
+        if max_concurrent:  # what Tune's max_concurrent_trials does to a searcher, which it skips for this wrapper
+            search_alg = ConcurrencyLimiter(search_alg, max_concurrent=max_concurrent)
+        search_alg, max_concurrent = BudgetSearch(search_alg, root), None
     if settings.scheduler == "asha":
-        scheduler = RecordingASHA(time_attr="epoch", max_t=settings.epochs, grace_period=settings.asha_grace_period,
-                                  reduction_factor=settings.reduction_factor)
+        scheduler = BudgetedASHA(time_attr="epoch", max_t=settings.epochs, grace_period=settings.asha_grace_period,
+                                 reduction_factor=settings.reduction_factor).keep_budget(root, settings.epochs)
     else:
-        scheduler = FIFOScheduler()
+        scheduler = BudgetedFIFO().keep_budget(root, settings.epochs)
     try:
         tuner = tune.Tuner(
             fn,
             param_space=param_space,
             tune_config=tune.TuneConfig(metric="val_miou", mode="max", search_alg=search_alg, scheduler=scheduler,
-                                        num_samples=num_samples, max_concurrent_trials=plan.max_concurrent,
+                                        num_samples=num_samples, max_concurrent_trials=max_concurrent,
                                         trial_dirname_creator=trial_dirname, reuse_actors=settings.runner == "tune"),
             run_config=run_config(settings, table),
         )
@@ -111,7 +123,7 @@ def run_tune(settings: StudySettings, plan: ResourcePlan, pretrained: dict[str, 
             if storage.exists(storage.join(settings.experiment_dir, name)):
                 storage.delete_file(storage.join(settings.experiment_dir, name))
         raise
-    return check_finished(settings, tuner.fit())
+    return check_finished(settings, tuner.fit(), is_spent(root))
 
 
 def wandb_callbacks(settings: StudySettings) -> list:
