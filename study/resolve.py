@@ -38,8 +38,8 @@ def resolve(cli: dict[str, Any], preset: str | None = None, space_file: str | No
     preset = preset or ("search" if space_file else "demo")
     values = load_preset(preset)
     if space_file:
-        values = load_space(space_file, values)
-        given = {**_file_keys(values, space_files.load(space_file), f"--space {space_file}"), **given}
+        values = load_space(space_file, values, cli)
+        given = {**_file_keys(values, space_files.load(space_file, cli), f"--space {space_file}"), **given}
     values = {"preset": preset, "name": Path(space_file).stem if space_file else preset, **values}
     if task_file:  # the task file beats the preset (its data is the user's: no toy data is written)
         task = {**load_task(task_file), "task": task_file, "toy": False}

@@ -71,9 +71,10 @@ _Dumper.add_representer(_Flow, lambda dumper, data: dumper.represent_mapping("ta
                                                                               flow_style=True))
 
 
-def load(path: str | Path) -> dict[str, Any]:
-    """The checked contents of one file, flat as ``PRESET_KEYS`` (only the keys it gives)."""
-    return parse(read(path), str(path))
+def load(path: str | Path, given: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The checked contents of one file, flat as ``PRESET_KEYS`` (only the keys it gives); ``given``: the command
+    line's options, which win over the file's (its recipe options are checked together with them)."""
+    return parse(read(path), str(path), given)
 
 
 def load_preset(name: str) -> dict[str, Any]:
@@ -84,9 +85,10 @@ def load_preset(name: str) -> dict[str, Any]:
     return resolve(load(path), str(path))
 
 
-def load_space(path: str, preset: dict[str, Any]) -> dict[str, Any]:
-    """A ``--space`` file over ``preset`` (each key the file gives wins), checked and resolved."""
-    return resolve(overlay(preset, load(path)), path)
+def load_space(path: str, preset: dict[str, Any], given: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A ``--space`` file over ``preset`` (each key the file gives wins), checked with the command line's options
+    (``given``) and resolved."""
+    return resolve(overlay(preset, load(path, given)), path)
 
 
 def read(path: str | Path) -> dict[str, Any]:
@@ -98,8 +100,10 @@ def loads(text: str, source: str) -> dict[str, Any]:
     return parse_yaml(text, source)
 
 
-def parse(data: dict[str, Any], source: str) -> dict[str, Any]:
-    """Check a file's mapping and return it flat, space entries as tuples (the validator of every space)."""
+def parse(data: dict[str, Any], source: str, given: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Check a file's mapping and return it flat, space entries as tuples (the validator of every space). Its fixed
+    recipe options are checked as one trial's, with the command line's options (``given``) over them: a file's
+    ``warmup`` with ``--schedule poly`` is a poly schedule's warmup."""
     _known(source, "", data, FILE_KEYS)
     out: dict[str, Any] = {}
     space = _mapping(source, "space", data.get("space", {}))
@@ -114,7 +118,7 @@ def parse(data: dict[str, Any], source: str) -> dict[str, Any]:
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     for key in (k for k in FIXED if k in data):
         out[key] = check_value(StudySettings, key, data[key], f"{source}: {key}")
-    fixed = {k: v for k, v in out.items() if k in train_fields}  # with its recipe's values, as resolve gives them
+    fixed = {k: v for k, v in {**out, **(given or {})}.items() if k in train_fields}  # + its recipe's, as resolved
     size = parse_image_size(fixed.get("image_size", TrainConfig.image_size))
     _train_config(source, "", apply_recipe(fixed, size), models)
     if "pretrain" in data:

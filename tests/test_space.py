@@ -156,3 +156,17 @@ def test_trial_config_takes_every_searched_key(tmp_path: Path) -> None:
     assert cfg.batch_size == 24 and type(cfg.batch_size) is int and cfg.image_size == (64, 128)
     assert cfg.weight_decay == 0.0 and type(cfg.weight_decay) is float and cfg.class_weights == "inverse_frequency"
     assert cfg.pretrained == "encoder.pt" and cfg.epochs == settings.epochs
+
+
+def test_a_files_recipe_options_are_checked_with_the_command_lines(tmp_path: Path) -> None:
+    """A file's warmup with ``--schedule poly`` on the command line is a poly schedule's warmup; the file alone
+    (the exponential schedule) is refused, naming the file."""
+    from foundation.errors import ConfigError
+    from study.resolve import resolve
+
+    space = tmp_path / "warm.yaml"
+    space.write_text("warmup: 0.1\n")
+    settings = resolve({"schedule": "poly"}, "demo", str(space))
+    assert (settings.schedule, settings.warmup) == ("poly", 0.1)
+    with pytest.raises(ConfigError, match=r"warm\.yaml: warmup: the exponential schedule"):
+        resolve({}, "demo", str(space))
