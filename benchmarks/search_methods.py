@@ -208,6 +208,8 @@ CANDIDATES: dict[str, Recipe] = {
     "cand_quarter_b2": Recipe("TPE(liar, 4 startup) + ASHA(grace a quarter, rf 2, 2 brackets), PRUNED", "tpe_liar",
                            startup=4, grace=0.25, rf=2, brackets=2, told="pruned", step="epoch"),
     "cand_nostop4": Recipe("TPE(liar, 4 startup), no stopping", "tpe_liar", startup=4, asha=False),
+    "cand_b3_startup4": Recipe("TPE(liar, 4 startup) + ASHA(grace 1, rf 2, 3 brackets), PRUNED", "tpe_liar",
+                               startup=4, grace=1, rf=2, brackets=3, told="pruned", step="epoch"),
     "cand_b3_rf3": Recipe("TPE(liar, 4 startup) + ASHA(grace 1, rf 3, 3 brackets), PRUNED", "tpe_liar", startup=4,
                           grace=1, rf=3, brackets=3, told="pruned", step="epoch"),
     "cand_b2": Recipe("TPE(liar, 4 startup) + ASHA(grace 1, rf 2, 2 brackets), PRUNED", "tpe_liar", startup=4,
