@@ -20,7 +20,7 @@ from typing import Any
 
 from foundation import storage
 from foundation.io import json_text
-from study.layout import CONFIRM_DIR, TUNE_PARAMS_FILE, trial_dir, tune_results
+from study.layout import CONFIRM_DIR, tune_params, tune_results
 from study.summary import trial_ids
 
 BUDGET_FILE = "budget.json"
@@ -45,9 +45,7 @@ def spent_by_model(root: str) -> dict[str, float]:
     spent: dict[str, float] = {}
     for experiment in (root, storage.join(root, CONFIRM_DIR)):
         for trial_id in trial_ids(experiment):
-            params_file = storage.join(trial_dir(experiment, trial_id), TUNE_PARAMS_FILE)
-            params = json.loads(storage.read_bytes(params_file)) if storage.is_file(params_file) else {}
-            model = str(params.get("model", "-"))
+            model = str(tune_params(experiment, trial_id).get("model", "-"))
             spent[model] = spent.get(model, 0.0) + sum(map(result_seconds, tune_results(experiment, trial_id)))
     return spent
 

@@ -124,6 +124,12 @@ def best_checkpoint(found: list[tuple[str | Path, dict]], metric: str = "val_mio
     return storage.join(folder, CHECKPOINT_FILE) if storage.is_remote(folder) else Path(folder) / CHECKPOINT_FILE
 
 
+def tune_params(experiment: str | Path, trial_id: str) -> dict:
+    """The configuration Tune gave a trial (``params.json``); {} before Tune wrote it."""
+    path = storage.join(trial_dir(experiment, trial_id), TUNE_PARAMS_FILE)
+    return json.loads(storage.read_bytes(path)) if storage.is_file(path) else {}
+
+
 def tune_results(experiment: str | Path, trial_id: str) -> list[dict]:
     """The rows Tune recorded for a trial (``result.json``; a line still being written is skipped)."""
     path = storage.join(trial_dir(experiment, trial_id), TUNE_RESULT_FILE)

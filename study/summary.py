@@ -38,6 +38,7 @@ from study.layout import (
     error_file,
     trial_dir,
     trial_folder,
+    tune_params,
     tune_results,
 )
 from study.options import is_missing
@@ -197,8 +198,7 @@ def load_history(experiment: str, default_seed: int = 0) -> pd.DataFrame:
     frames = []
     created = creation_numbers(experiment)
     for trial_id in trial_ids(experiment):
-        params_file = storage.join(trial_dir(experiment, trial_id), TUNE_PARAMS_FILE)
-        params = json.loads(storage.read_bytes(params_file)) if storage.is_file(params_file) else {}
+        params = tune_params(experiment, trial_id)
         rows = tune_results(experiment, trial_id)
         frame = pd.DataFrame(rows) if rows else pd.DataFrame({"epoch": [math.nan]})  # a row even without results
         frame = frame.rename(columns={"lr": "epoch_lr"})

@@ -25,12 +25,6 @@ from study.fates import BUDGET, record_fate
 from study.orchestrate.stops import RecordingASHA, staging_dir
 
 
-def budget_left(root: str) -> float | None:
-    """Device-seconds left to the study at ``root``; None when it has no budget."""
-    limit = read_limit(root)
-    return None if limit is None else limit - sum(spent_by_model(root).values())
-
-
 class _KeepsBudget:
     """What a scheduler adds to keep the budget; ``keep_budget`` arms it (a study without a budget: inert)."""
 
@@ -38,7 +32,7 @@ class _KeepsBudget:
 
     def keep_budget(self, root: str, epochs: int) -> Any:
         self._root, self._epochs, self._limit = root, epochs, read_limit(root)
-        self._spent = self._limit - (budget_left(root) or 0.0) if self._limit is not None else 0.0
+        self._spent = sum(spent_by_model(root).values()) if self._limit is not None else 0.0
         self._counted: dict[str, int] = {}  # trial id -> the last epoch whose result was counted
         self._closed = False
         return self

@@ -61,9 +61,10 @@ def _metrics(event: ValidationEvent, cost: dict[str, Any] | None = None, workers
     """What every validation reports: the loop's row, the trial's measured cost (``study.trial_cost``: the
     searcher's objectives and constraints read it from the last result), which node and process trained it, and
     the devices the trial holds (``study.budget``: this worker's GPU share x its ``workers``, else one per worker)."""
-    gpus = ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0)
+    context = ray.get_runtime_context()
+    gpus = context.get_assigned_resources().get("GPU", 0.0)
     return {**event.row, **(cost or {}), "is_best": event.is_best, DEVICES_KEY: devices_held(gpus * workers, workers),
-            "node_id": ray.get_runtime_context().get_node_id(), "worker_pid": os.getpid()}
+            "node_id": context.get_node_id(), "worker_pid": os.getpid()}
 
 
 def _warn_if_gpu_unusable() -> None:

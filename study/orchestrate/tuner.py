@@ -12,7 +12,7 @@ from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 from foundation import storage
 from study.budget import is_spent, spent_by_model, spent_text, write_limit
 from study.layout import trial_dirname
-from study.orchestrate.budget import BudgetedASHA, BudgetedFIFO, BudgetSearch, budget_left
+from study.orchestrate.budget import BudgetedASHA, BudgetedFIFO, BudgetSearch
 from study.orchestrate.cluster import driver_request
 from study.orchestrate.console import TrialTable, say
 from study.orchestrate.optuna_store import optuna_callbacks, optuna_search
@@ -77,8 +77,7 @@ def run_tune(settings: StudySettings, plan: ResourcePlan, pretrained: dict[str, 
     root = settings.study_dir
     if settings.budget:  # the limit in effect (a resume may raise it), read by the scheduler and the report
         write_limit(root, settings.budget)
-        left = budget_left(root)
-        if left is not None and left <= 0:
+        if is_spent(root):
             say(f"budget: {spent_text(spent_by_model(root), settings.budget)}: no trial starts")
             return None
     if settings.resume and tune.Tuner.can_restore(settings.experiment_dir):
